@@ -1,0 +1,3 @@
+"""jaxsched.models."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""jaxsched.pallas."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""jaxsched.pipelines."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""jaxsched.sparse."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""jaxsched.tuning."""
+
+__all__: list[str] = []
