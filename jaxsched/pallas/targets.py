@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import importlib.resources
 import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -177,6 +178,9 @@ def available_targets() -> list[str]:
 
 @functools.cache
 def _topology(name: str):
+  # Deviceless compilation touches no TPU, so several processes (pytest-xdist workers,
+  # concurrent tuners) may load libtpu at once; without this they fight over libtpu's lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   # Imported lazily: topologies pulls in backend plugins, which is slow and noisy.
   from jax.experimental import topologies
 
