@@ -1,3 +1,8 @@
 """NNX layers that run on jaxsched's own kernels (drop-in for user Flax models)."""
 
-__all__: list[str] = []
+from jaxsched.models.layers._conv import DepthwiseConv, PointwiseConv
+
+__all__ = [
+  "DepthwiseConv",
+  "PointwiseConv",
+]
