@@ -89,7 +89,11 @@ class DepthwiseConv(nnx.Module):
     w = self.kernel[...].astype(x.dtype)
     if self.kernels == "pallas":
       y = depthwise_conv2d(
-        x, w, stride=self.strides, padding=self.padding, config=self.config,
+        x,
+        w,
+        stride=self.strides,
+        padding=self.padding,
+        config=self.config,
         interpret=self.interpret,
       )
     else:
