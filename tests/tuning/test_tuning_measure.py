@@ -1,0 +1,54 @@
+"""Measurer: median of repeats; raising, hanging and crashing candidates become failures."""
+
+import time
+
+import pytest
+from _tuning_workloads import misbehaving
+
+from jaxsched.tuning import Measurer
+from jaxsched.tuning.measure import run_candidate
+
+
+def test_run_candidate_times_each_call():
+  calls = []
+
+  def build(config):
+    def thunk():
+      calls.append(1)
+      time.sleep(config["sleep"])
+
+    return thunk
+
+  times = run_candidate(build, {"sleep": 0.01}, warmup=2, repeats=3)
+  assert len(calls) == 5 and len(times) == 3
+  assert all(0.009 <= t < 0.5 for t in times)
+
+
+def test_isolated_worker_records_failures_and_continues():
+  modes = ["ok", "raise", "hang", "ok", "crash", "ok"]
+  with Measurer(misbehaving, warmup=1, repeats=3, timeout=1.5) as m:
+    start = time.perf_counter()
+    results = m.measure([{"mode": mode} for mode in modes])
+    elapsed = time.perf_counter() - start
+    started = m.workers_started
+  assert [r.ok for r in results] == [True, False, False, True, False, True]
+  assert "ValueError: bad tile {'mode': 'raise'}" in results[1].error
+  assert "timeout" in results[2].error and "1.5 s" in results[2].error
+  assert "crashed (exit code 3)" in results[4].error
+  assert all(r.median is not None and r.median < 0.1 for r in results if r.ok)
+  assert [r.cost == float("inf") for r in results] == [not r.ok for r in results]
+  assert started == 3  # One worker, replaced after the hang and after the crash.
+  assert elapsed < 20
+
+
+def test_in_process_mode_and_bad_arguments():
+  results = Measurer(misbehaving, isolate=False, repeats=2).measure([{"mode": "raise"},
+                                                                     {"mode": "ok"}])
+  assert not results[0].ok and "bad tile" in results[0].error
+  assert results[1].ok and len(results[1].times) == 2
+  with pytest.raises(ValueError, match="repeats=0"):
+    Measurer(misbehaving, repeats=0)
+  with pytest.raises(ValueError, match="timeout=0"):
+    Measurer(misbehaving, timeout=0)
+  with pytest.raises(ValueError, match="cannot be sent to a worker process"):
+    Measurer(lambda c: (lambda: None)).measure([{}])

@@ -1,0 +1,207 @@
+"""Search: annealing, diverse top-k, tuners, resume, transfer, errors, and a real tiny tune."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _tuning_workloads import blocked_matmul
+
+from jaxsched.tuning import (
+  Measurer,
+  SearchSpace,
+  Task,
+  TuningDatabase,
+  diverse_top_k,
+  simulated_annealing,
+  tune,
+  workload_key,
+)
+from jaxsched.tuning.measure import MeasureResult
+from jaxsched.tuning.plot import plot_tuning_curves
+
+SIZES = (8, 8, 8, 8)
+SPACE = SearchSpace({f"k{i}": tuple(2**j for j in range(n)) for i, n in enumerate(SIZES)})
+
+
+def _synthetic(config, shift=0.0):
+  """Run time in seconds of a synthetic kernel; its optimum moves with ``shift``."""
+  x = np.log2([config[f"k{i}"] for i in range(4)])
+  return 1e-3 * math.exp(0.25 * ((x[0] - 2 - shift) ** 2 + (x[1] - 5) ** 2
+                                 + 0.5 * (x[2] - 3 + shift) ** 2) + 0.1 * x[3])
+
+
+_ALL = np.array([_synthetic(SPACE.index_to_config(i)) for i in range(SPACE.size)])
+
+
+class FnMeasurer:
+  """Stands in for the measurer: "times" are a known function of the config."""
+
+  def __init__(self, fn):
+    self.fn = fn
+    self.seen = []
+
+  def measure(self, configs):
+    self.seen += [dict(c) for c in configs]
+    return [MeasureResult(c, (self.fn(c),)) for c in configs]
+
+  def close(self):
+    pass
+
+
+def _task(name="syn", **params):
+  wl = workload_key(name, shapes=[(64, 64)], dtypes=["float32"], **params)
+  return Task(wl, SPACE, measure_fn=None)
+
+
+def test_sa_finds_the_optimum_of_a_known_function():
+  target = np.array([1, 6, 3, 7, 0, 5])
+
+  def energy(p, k):
+    return jnp.sum((k - p) ** 2 * jnp.arange(1, 7)) + 3.0 * jnp.sin(k[0] * k[1])
+
+  grid = np.stack(np.meshgrid(*[np.arange(8)] * 6, indexing="ij"), -1).reshape(-1, 6)
+  e = (((grid - target) ** 2 * np.arange(1, 7)).sum(1).astype(np.float64)
+       + 3.0 * np.sin(grid[:, 0] * grid[:, 1]))
+  init = np.random.default_rng(0).integers(0, 8, (128, 6))
+  pts, es = simulated_annealing(energy, jnp.asarray(target), [8] * 6, init=init,
+                                key=jax.random.key(0), num_steps=500)
+  assert pts.shape == (501 * 128, 6) and es.shape == (501 * 128,)
+  assert pts[np.argmin(es)].tolist() == grid[np.argmin(e)].tolist()
+  np.testing.assert_allclose(es.min(), e.min(), rtol=1e-5)
+
+
+def test_diverse_top_k():
+  rng = np.random.default_rng(0)
+  # A cluster of near-duplicates (differ in one knob) holds the 10 best predictions.
+  cluster = np.zeros((10, 6), np.int64)
+  cluster[:, 5] = np.arange(10)
+  others = rng.integers(1, 10, (200, 6))
+  knobs = np.concatenate([cluster, others])
+  energy = np.concatenate([-10 + 0.1 * np.arange(10), rng.uniform(-9, 0, 200)])
+  plain = diverse_top_k(knobs, energy, 5, diversity=0.0)
+  assert plain.tolist() == [0, 1, 2, 3, 4]
+  div = diverse_top_k(knobs, energy, 5, diversity=2.0)
+  assert len(set(div.tolist())) == 5 and div[0] == 0  # The best is always taken.
+  assert (div >= 10).sum() >= 1  # Leaves the cluster.
+
+  def coverage(idx):  # Facility-location value over the same pool, computed independently.
+    pool = knobs[np.argsort(energy)[:64]]
+    sim = (pool[:, None, :] == knobs[idx][None]).mean(-1)
+    return sim.max(1).mean()
+
+  assert coverage(div) > coverage(plain)
+
+
+@pytest.mark.parametrize("method", ["random", "grid", "ga", "xgb", "mlp"])
+def test_tuners_record_every_trial_and_model_beats_random(method, tmp_path):
+  db = TuningDatabase(tmp_path / "t.sqlite")
+  m = FnMeasurer(_synthetic)
+  res = tune(_task(), trials=48, method=method, db=db, target="cpu:t", measurer=m,
+             batch_size=8, seed=0, progress=method == "xgb")
+  recs = db.records(_task().workload, "cpu:t")
+  assert len(recs) == len(m.seen) == len(res.costs) == 48
+  assert len({SPACE.config_to_index(c) for c in m.seen}) == 48  # Never measured twice.
+  assert res.best_time == min(r.time for r in recs) == _synthetic(res.best_config)
+  assert recs[0].features == pytest.approx(SPACE.knob_features(
+    SPACE.config_to_knobs(recs[0].config)).tolist())
+  np.testing.assert_allclose(res.curve, np.minimum.accumulate(res.costs))
+  if method in ("xgb", "mlp"):
+    # After the first (random) batch the model steers: the median guided trial lies in the best
+    # few percent of all 4096 configs (random search: ~50%). Measured over seeds 0-3:
+    # xgb 1/6/5/2 %, mlp 1/29/22/1 % (the MLP ranks worse from only 8-40 records).
+    pct = np.mean(_ALL <= np.median(res.costs[8:]))
+    assert pct < {"xgb": 0.1, "mlp": 0.35}[method]
+
+
+def test_resume_skips_measured_configs(tmp_path):
+  db = TuningDatabase(tmp_path / "r.sqlite")
+  first = FnMeasurer(_synthetic)
+  tune(_task(), trials=12, method="random", db=db, target="cpu:t", measurer=first, seed=0,
+       batch_size=4, progress=False)
+  again = FnMeasurer(_synthetic)
+  res = tune(_task(), trials=20, method="xgb", db=db, target="cpu:t", measurer=again, seed=3,
+             batch_size=4, progress=False)
+  assert res.resumed == 12 and len(again.seen) == 8 and len(res.costs) == 20
+  done = {SPACE.config_to_index(c) for c in first.seen}
+  assert not done & {SPACE.config_to_index(c) for c in again.seen}
+  assert len(db) == 20
+
+
+def test_transfer_from_related_workloads_speeds_up_tuning(tmp_path):
+  db = TuningDatabase(tmp_path / "tr.sqlite")
+  # Records of three related workloads (the optimum moves a little between them).
+  for shift in (-0.5, 0.0, 0.5):
+    tune(_task(n=int(64 * 2**shift)), trials=64, method="random", db=db, target="cpu:t",
+         measurer=FnMeasurer(lambda c, s=shift: 10 ** (1 + s) * _synthetic(c, s)), seed=7,
+         progress=False)
+  new = _task(n=80)
+  fn = lambda c: _synthetic(c, 0.3)
+  best = np.array([_synthetic(SPACE.index_to_config(i), 0.3) for i in range(SPACE.size)]).min()
+  firsts = {}
+  for transfer in (True, False):
+    firsts[transfer] = []
+    for seed in range(3):
+      res = tune(new, trials=8, method="xgb", db=tmp_path / f"{transfer}{seed}.sqlite"
+                 if not transfer else db, target="cpu:t", measurer=FnMeasurer(fn), seed=seed,
+                 batch_size=8, transfer=transfer, progress=False)
+      firsts[transfer].append(res.best_time / best)
+      if transfer:  # Keep the source database free of the new workload for the next seed.
+        db._execute("DELETE FROM records WHERE workload = ?", (new.workload,))
+  # With a pre-trained model even the first batch is guided; without, it is random.
+  assert np.mean(firsts[True]) < 2.0
+  assert np.mean(firsts[True]) < 0.8 * np.mean(firsts[False])
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+  db = tmp_path / "e.sqlite"
+  with pytest.raises(ValueError, match=r"unknown tuning method 'sgd'; valid: \['mlp'.*'grid'"):
+    tune(_task(), trials=4, method="sgd", db=db, target="cpu:t")
+  with pytest.raises(ValueError, match="trials=0"):
+    tune(_task(), trials=0, db=db, target="cpu:t")
+  none_valid = Task("x|", SearchSpace({"a": (1, 2)}, valid=lambda c: False), measure_fn=None)
+  with pytest.raises(ValueError, match="no valid config"):
+    tune(none_valid, trials=4, db=db, target="cpu:t")
+  with pytest.raises(ValueError, match="transfer needs a cost-model method"):
+    tune(_task(), trials=4, method="random", db=db, target="cpu:t", transfer=True)
+  bad = tmp_path / "bad.sqlite"
+  bad.write_bytes(b"\x00garbage" * 512)
+  with pytest.raises(RuntimeError, match="bad.sqlite"):
+    tune(_task(), trials=4, db=bad, target="cpu:t")
+
+
+def test_real_blocked_matmul_tune_in_worker(tmp_path):
+  space = SearchSpace({"block_m": (1, 2, 4, 8, 16, 32, 64, 128), "block_k": (8, 32, 128)})
+  wl = workload_key("blocked_matmul", shapes=[(128, 128), (128, 128)], dtypes=["float32"] * 2)
+  task = Task(wl, space, measure_fn=blocked_matmul, op="blocked_matmul",
+              shapes=((128, 128), (128, 128)), dtypes=("float32", "float32"))
+  db = TuningDatabase(tmp_path / "mm.sqlite")
+  res = tune(task, trials=8, method="xgb", db=db, batch_size=4, repeats=3, timeout=60,
+             seed=0, progress=False)
+  recs = db.records(wl)
+  assert len(recs) == 8 and all(r.ok for r in recs)
+  assert recs[0].shapes == [[128, 128], [128, 128]] and recs[0].target.startswith("cpu:")
+  # The result is correct for the best config (against float64 numpy).
+  out = np.asarray(blocked_matmul(res.best_config)())
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((128, 128), np.float32).astype(np.float64) for _ in range(2))
+  np.testing.assert_allclose(out, a @ b, rtol=1e-3, atol=1e-3)
+  # No worse than a random pick: re-measure the best and 4 random configs here, same settings.
+  rand = [space.knobs_to_config(k) for k in space.sample(np.random.default_rng(5), 4)]
+  times = [r.median for r in Measurer(blocked_matmul, isolate=False, repeats=5).measure(
+    [res.best_config, *rand])]
+  assert times[0] <= 1.2 * np.median(times[1:])
+  from jaxsched.tuning import lookup_best_config
+
+  assert lookup_best_config("blocked_matmul", wl, recs[0].target, db=db) == res.best_config
+
+
+def test_plot_writes_png(tmp_path):
+  rng = np.random.default_rng(0)
+  curves = {"xgb": [rng.random(20) for _ in range(2)], "random": [rng.random(20)]}
+  plot_tuning_curves(curves, tmp_path / "c.png", reference=0.01)
+  data = (tmp_path / "c.png").read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+  with pytest.raises(ValueError, match="unknown unit='min'"):
+    plot_tuning_curves(curves, tmp_path / "d.png", unit="min")
