@@ -1,0 +1,298 @@
+"""Bounds inference: interval arithmetic over expressions, affine analysis, substitution.
+
+Intervals are closed ``(lo, hi)`` pairs of float64 numpy arrays (``inf`` = unbounded); arrays
+let one pass infer the regions of every tile of a loop at once. They are exact for affine and
+strided index expressions and conservative (a hull) for everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jaxsched.pipelines import ir
+
+Interval = tuple[np.ndarray, np.ndarray]
+INF = np.inf
+
+
+def key(v: ir.Expr) -> tuple:
+  """Environment key of a Var (by name, as in Halide) or an RVar."""
+  if isinstance(v, ir.Var):
+    return ("v", v.name)
+  if isinstance(v, ir.RVar):
+    return ("r", id(v.rdom), v.index)
+  raise TypeError(v)
+
+
+def dtype_range(dtype: np.dtype) -> Interval:
+  dtype = np.dtype(dtype)
+  if dtype == np.bool_:
+    return np.float64(0), np.float64(1)
+  if dtype.kind in "iu" and dtype.itemsize <= 2:
+    info = np.iinfo(dtype)
+    return np.float64(info.min), np.float64(info.max)
+  # 32/64-bit values are treated as unknown: a region that large is never what was meant.
+  return np.float64(-INF), np.float64(INF)
+
+
+def _mul(a: Interval, b: Interval) -> Interval:
+  with np.errstate(invalid="ignore"):
+    ps = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
+  ps = [np.nan_to_num(p, nan=0.0, posinf=INF, neginf=-INF) for p in ps]
+  return np.minimum.reduce(ps), np.maximum.reduce(ps)
+
+
+def interval(e: ir.Expr, env: dict[tuple, Interval]) -> Interval:
+  """Closed interval containing every value of ``e`` when vars range over ``env``."""
+  if isinstance(e, ir.Const):
+    v = np.float64(e.value)
+    return v, v
+  if isinstance(e, ir.Var | ir.RVar):
+    k = key(e)
+    if k not in env:
+      raise ValueError(f"bounds inference: {e!r} is not bound here (known: {list(env)})")
+    return env[k]
+  if isinstance(e, ir.BinOp):
+    a, b = interval(e.a, env), interval(e.b, env)
+    op = e.op
+    if op == "add":
+      return a[0] + b[0], a[1] + b[1]
+    if op == "sub":
+      return a[0] - b[1], a[1] - b[0]
+    if op == "mul":
+      return _mul(a, b)
+    if op == "max":
+      return np.maximum(a[0], b[0]), np.maximum(a[1], b[1])
+    if op == "min":
+      return np.minimum(a[0], b[0]), np.minimum(a[1], b[1])
+    if op in ("floordiv", "truediv"):
+      if np.all(b[0] > 0) or np.all(b[1] < 0):
+        with np.errstate(invalid="ignore", divide="ignore"):
+          qs = [a[0] / b[0], a[0] / b[1], a[1] / b[0], a[1] / b[1]]
+        qs = [np.nan_to_num(q, nan=0.0, posinf=INF, neginf=-INF) for q in qs]
+        lo, hi = np.minimum.reduce(qs), np.maximum.reduce(qs)
+        if op == "floordiv":
+          return np.floor(lo), np.floor(hi)
+        return lo, hi
+      return dtype_range(e.dtype)
+    if op == "mod":
+      if np.all(b[0] > 0):
+        if e.dtype.kind in "iu":
+          return np.zeros_like(b[1]), b[1] - 1
+        return np.zeros_like(b[1]), b[1]
+      return dtype_range(e.dtype)
+    if op in ("lt", "le", "gt", "ge", "eq", "ne"):
+      return np.float64(0), np.float64(1)
+    return dtype_range(e.dtype)
+  if isinstance(e, ir.UnOp):
+    a = interval(e.a, env)
+    if e.op == "neg":
+      return -a[1], -a[0]
+    if e.op in ("floor", "ceil", "round"):
+      return np.floor(a[0]), np.ceil(a[1])
+    if e.op == "abs":
+      lo = np.where((a[0] <= 0) & (a[1] >= 0), 0.0, np.minimum(np.abs(a[0]), np.abs(a[1])))
+      return lo, np.maximum(np.abs(a[0]), np.abs(a[1]))
+    if e.op == "exp":
+      return np.exp(a[0]), np.exp(a[1])
+    if e.op == "sqrt":
+      return np.sqrt(np.maximum(a[0], 0)), np.sqrt(np.maximum(a[1], 0))
+    if e.op in ("sin", "cos", "tanh"):
+      return np.float64(-1), np.float64(1)
+    return dtype_range(e.dtype)
+  if isinstance(e, ir.Select):
+    t, f = interval(e.t, env), interval(e.f, env)
+    return np.minimum(t[0], f[0]), np.maximum(t[1], f[1])
+  if isinstance(e, ir.Cast):
+    a = interval(e.a, env)
+    r = dtype_range(e.to)
+    if e.to.kind in "iu":  # truncation toward zero, saturated to the type's range
+      a = (np.floor(a[0]), np.ceil(a[1]))
+      if e.a.dtype.kind == "f" or e.a.dtype.kind in "iu" and not _fits(e.a.dtype, e.to):
+        # Out-of-range conversions wrap or are undefined: be conservative.
+        info = np.iinfo(e.to)
+        in_range = (a[0] >= info.min) & (a[1] <= info.max)
+        return np.where(in_range, a[0], r[0]), np.where(in_range, a[1], r[1])
+    if e.to == np.bool_:
+      return r
+    return a
+  if isinstance(e, ir.Reduce):
+    if e.op in ("argmax", "argmin") and e.component < len(e.rdom):
+      lo, ext = e.rdom.ranges[e.component]
+      lo_v, ext_v = static_int(lo), static_int(ext)
+      return np.float64(lo_v), np.float64(lo_v + ext_v - 1)
+    if e.op in ("max", "min", "argmax", "argmin"):
+      inner = dict(env)
+      for r in e.rdom.vars:
+        inner[key(r)] = rdom_interval(r)
+      return interval(e.body, inner)
+    return dtype_range(e.dtype)
+  if isinstance(e, ir.Call | ir.Param):
+    return dtype_range(e.dtype)
+  if isinstance(e, ir.Extent):
+    raise ValueError(f"{e!r} must be resolved before bounds inference")
+  raise TypeError(f"bounds inference: unknown node {e!r}")
+
+
+def _fits(src: np.dtype, dst: np.dtype) -> bool:
+  return np.can_cast(src, dst, casting="safe")
+
+
+def rdom_interval(r: ir.RVar) -> Interval:
+  lo, ext = r.rdom.ranges[r.index]
+  lo_v, ext_v = static_int(lo), static_int(ext)
+  return np.float64(lo_v), np.float64(lo_v + ext_v - 1)
+
+
+def static_int(e: ir.Expr) -> int:
+  """Value of an expression that must be a compile-time integer (after extents are resolved)."""
+  if isinstance(e, ir.Const):
+    return int(e.value)
+  lo, hi = interval(e, {})
+  if not (np.isfinite(lo) and lo == hi):
+    raise ValueError(f"{e!r} must be a static integer (an int or image extents)")
+  return int(lo)
+
+
+def linear(e: ir.Expr) -> tuple[dict[tuple, int], int] | None:
+  """``e`` as ``sum(coef * var) + const`` with int coefficients, or None if not affine."""
+  if isinstance(e, ir.Const):
+    if e.dtype.kind in "iu" or isinstance(e.value, int):
+      return {}, int(e.value)
+    return None
+  if isinstance(e, ir.Var | ir.RVar):
+    return {key(e): 1}, 0
+  if isinstance(e, ir.UnOp) and e.op == "neg":
+    a = linear(e.a)
+    return None if a is None else ({k: -c for k, c in a[0].items()}, -a[1])
+  if isinstance(e, ir.BinOp) and e.op in ("add", "sub", "mul"):
+    a, b = linear(e.a), linear(e.b)
+    if a is None or b is None:
+      return None
+    if e.op == "mul":
+      if a[0] and b[0]:
+        return None
+      (v, c), s = (a, b[1]) if a[0] else (b, a[1])
+      return {k: x * s for k, x in v.items() if x * s}, c * s
+    sign = 1 if e.op == "add" else -1
+    out = dict(a[0])
+    for k, x in b[0].items():
+      out[k] = out.get(k, 0) + sign * x
+    return {k: x for k, x in out.items() if x}, a[1] + sign * b[1]
+  return None
+
+
+def substitute(e: ir.Expr, fn: Callable[[ir.Expr], ir.Expr | None]) -> ir.Expr:
+  """Rebuild ``e`` bottom-up; ``fn(node)`` returns a replacement (not revisited) or None."""
+  memo: dict[int, ir.Expr] = {}
+
+  def go(n: ir.Expr) -> ir.Expr:
+    r = memo.get(id(n))
+    if r is not None:
+      return r
+    rep = fn(n)
+    if rep is None:
+      kids = ir.children(n)
+      new = [go(k) for k in kids]
+      rep = n if all(a is b for a, b in zip(new, kids, strict=True)) else ir.rebuild(n, new)
+    memo[id(n)] = rep
+    return rep
+
+  return go(e)
+
+
+_NP_OPS = {
+  "eq": np.equal,
+  "ne": np.not_equal,
+  "lt": np.less,
+  "le": np.less_equal,
+  "gt": np.greater,
+  "ge": np.greater_equal,
+  "and": np.bitwise_and,
+  "or": np.bitwise_or,
+  "not": np.invert,
+  "add": np.add,
+  "sub": np.subtract,
+  "mul": np.multiply,
+  "floordiv": np.floor_divide,
+  "mod": np.mod,
+  "max": np.maximum,
+  "min": np.minimum,
+  "neg": np.negative,
+  "abs": np.abs,
+}
+
+
+def fold(e: ir.Expr) -> ir.Expr:
+  """Fold integer constant sub-expressions (so index analysis sees plain ints)."""
+  memo: dict[int, ir.Expr] = {}
+
+  def go(n: ir.Expr) -> ir.Expr:
+    r = memo.get(id(n))
+    if r is not None:
+      return r
+    kids = ir.children(n)
+    new = [go(k) for k in kids]
+    out = n if all(a is b for a, b in zip(new, kids, strict=True)) else ir.rebuild(n, new)
+    if (
+      isinstance(out, ir.BinOp | ir.UnOp)
+      and out.dtype.kind in "iub"
+      and out.op in _NP_OPS
+      and all(isinstance(k, ir.Const) and k.dtype.kind in "iub" for k in new)
+    ):
+      args = [np.asarray(k.value, k.dtype) for k in new]
+      with np.errstate(all="ignore"):
+        v = np.asarray(_NP_OPS[out.op](*args)).astype(out.dtype)
+      out = ir.Const(bool(v) if out.dtype == np.bool_ else int(v), out.dtype, weak=out.weak)
+    elif isinstance(out, ir.Select) and isinstance(new[0], ir.Const):
+      # A decided select is its branch (cast to the select's promoted dtype).
+      pick = new[1] if new[0].value else new[2]
+      out = pick if pick.dtype == out.dtype else ir.Cast(out.dtype, pick)
+    memo[id(n)] = out
+    return out
+
+  return go(e)
+
+
+def hull(a: Interval | None, b: Interval) -> Interval:
+  if a is None:
+    return b
+  return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
+
+
+def footprint(
+  exprs: list[ir.Expr], target: Any, env: dict[tuple, Interval]
+) -> list[Interval] | None:
+  """Per-dimension hull of all calls to ``target`` in ``exprs`` (None if never called)."""
+  out: list[Interval] | None = None
+
+  def visit(n: ir.Expr, env: dict[tuple, Interval]):
+    nonlocal out
+    if isinstance(n, ir.Reduce):
+      inner = dict(env)
+      for r in n.rdom.vars:
+        inner[key(r)] = rdom_interval(r)
+      visit(n.body, inner)
+      return
+    if isinstance(n, ir.Call) and n.target is target:
+      ivs = [interval(a, env) for a in n.args]
+      out = ivs if out is None else [hull(o, i) for o, i in zip(out, ivs, strict=True)]
+    for c in ir.children(n):
+      visit(c, env)
+
+  for e in exprs:
+    visit(e, env)
+  return out
+
+
+def calls_of(exprs: list[ir.Expr]) -> list[Any]:
+  """Distinct Funcs and ImageParams called in ``exprs``, in first-seen order."""
+  seen: dict[int, Any] = {}
+  for e in exprs:
+    for n in ir.walk(e):
+      if isinstance(n, ir.Call):
+        seen.setdefault(id(n.target), n.target)
+  return list(seen.values())

@@ -1,0 +1,792 @@
+"""The XLA backend: vectorised evaluation of a lowered plan with jax.numpy.
+
+Each non-inline Func is evaluated over its region as whole arrays. Loads with affine indices
+become (strided, possibly dynamic) slices of the producer, single-variable indices (clamps,
+``x // 2``, mirrors) become 1-D takes along one axis, and anything else a gather. Root Funcs
+sit behind ``lax.optimization_barrier`` so XLA does not re-fuse (and recompute) them. Tiled
+groups (``compute_at``) run as a ``fori_loop`` over tiles; sliding windows as a loop that
+computes only the new part of the stored producer each step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxsched.pipelines import bounds as B
+from jaxsched.pipelines import ir
+from jaxsched.pipelines import lower as L
+
+Buf = tuple[jax.Array, list[Any]]  # (array, per-dim mins: int or traced int32)
+
+
+def _same(a: ir.Expr, b: ir.Expr) -> bool:
+  """Structural equality of two expressions."""
+  if a is b:
+    return True
+  if type(a) is not type(b):
+    return False
+  if isinstance(a, ir.Const):
+    return a.value == b.value and a.dtype == b.dtype
+  if isinstance(a, ir.Var):
+    return a.name == b.name
+  if isinstance(a, ir.RVar):
+    return a.rdom is b.rdom and a.index == b.index
+  if isinstance(a, ir.Param):
+    return a is b
+  if isinstance(a, ir.Call) and a.target is not b.target:
+    return False
+  if getattr(a, "op", None) != getattr(b, "op", None):
+    return False
+  if isinstance(a, ir.Cast) and a.to != b.to:
+    return False
+  ka, kb = ir.children(a), ir.children(b)
+  return len(ka) == len(kb) and all(_same(x, y) for x, y in zip(ka, kb, strict=True))
+
+
+def _refs(e: ir.Expr, target: Any) -> bool:
+  return any(isinstance(n, ir.Call) and n.target is target for n in ir.walk(e))
+
+
+def _is_static(v: Any) -> bool:
+  return isinstance(v, int | np.integer)
+
+
+class _Interner:
+  """Structural ids for expression nodes (hash-consing), so equal subtrees (e.g. the copies
+  made by inlining ``ix * ix``) are evaluated once."""
+
+  def __init__(self):
+    self.by_node: dict[int, int] = {}
+    self.table: dict[tuple, int] = {}
+    self.alive: list[ir.Expr] = []  # keep nodes alive so their id()s stay unique
+
+  def __call__(self, e: ir.Expr) -> int:
+    k = self.by_node.get(id(e))
+    if k is not None:
+      return k
+    if isinstance(e, ir.Const):
+      sig: tuple = ("c", e.value, e.dtype.str, e.weak)
+    elif isinstance(e, ir.Var | ir.RVar):
+      sig = B.key(e)
+    elif isinstance(e, ir.Param):
+      sig = ("p", id(e))
+    elif isinstance(e, ir.Call):
+      sig = ("call", id(e.target), *[self(a) for a in e.args])
+    elif isinstance(e, ir.Cast):
+      sig = ("cast", e.to.str, self(e.a))
+    elif isinstance(e, ir.Reduce):
+      sig = ("red", e.op, id(e.rdom), e.component, self(e.body))
+    else:
+      sig = (type(e).__name__, getattr(e, "op", None), *[self(c) for c in ir.children(e)])
+    k = self.table.setdefault(sig, len(self.table))
+    self.by_node[id(e)] = k
+    self.alive.append(e)
+    return k
+
+
+_INTERNER: list[_Interner] = []
+
+
+class _Ctx:
+  """Evaluation of expressions over a region ``[(min, extent)]`` of a Func's pure vars."""
+
+  def __init__(self, names: list[str], mins: list[Any], exts: list[int], bufs: dict, params):
+    self.bufs, self.params = bufs, params
+    self.intern = _INTERNER[-1] if _INTERNER else _Interner()
+    self.memo: dict[int, Any] = {}
+    self.dynamic = not all(_is_static(m) for m in mins)
+    self.n = len(names)
+    self.lead = 0
+    self.vals: dict[tuple, Any] = {}
+    self.ranges: dict[tuple, tuple[Any, int, int]] = {}
+    for ax, (nm, lo, ext) in enumerate(zip(names, mins, exts, strict=True)):
+      shape = [1] * self.n
+      shape[ax] = ext
+      self.vals[("v", nm)] = (lo + jnp.arange(ext, dtype=jnp.int32)).reshape(shape)
+      # (min, extent, axis counted from the end): stable when reductions add leading axes.
+      self.ranges[("v", nm)] = (lo, ext, self.n - ax)
+
+  # -- expressions
+  def ev(self, e: ir.Expr) -> Any:
+    if isinstance(e, ir.Const | ir.Var | ir.RVar | ir.Param):
+      return self._ev(e)
+    k = self.intern(e)
+    v = self.memo.get(k)
+    if v is None:
+      v = self.memo[k] = self._ev(e)
+    return v
+
+  def _ev(self, e: ir.Expr) -> Any:
+    if isinstance(e, ir.Const):
+      return e.value if e.weak else np.asarray(e.value, e.dtype)
+    if isinstance(e, ir.Var | ir.RVar):
+      k = B.key(e)
+      if k not in self.vals:
+        raise ValueError(f"{e!r} is not bound in this definition")
+      return self.vals[k]
+    if isinstance(e, ir.Param):
+      return self.params[id(e)]
+    if isinstance(e, ir.BinOp):
+      return ir.BINARY_OPS[e.op](self.ev(e.a), self.ev(e.b))
+    if isinstance(e, ir.UnOp):
+      return ir.UNARY_OPS[e.op](self.ev(e.a))
+    if isinstance(e, ir.Select):
+      return jnp.where(self.ev(e.cond), self.ev(e.t), self.ev(e.f))
+    if isinstance(e, ir.Cast):
+      return jnp.asarray(self.ev(e.a)).astype(e.to)
+    if isinstance(e, ir.Call):
+      return self.load(e)
+    if isinstance(e, ir.Reduce):
+      return self.reduce(e)
+    raise TypeError(f"cannot evaluate {e!r}")
+
+  def rvar_axes(self, rdom: ir.RDom) -> tuple[dict, tuple[int, ...], list[int]]:
+    """Bind the RVars of ``rdom`` to new leading axes (r[0] innermost); returns the previous
+    bindings (for :meth:`unbind`), the RDom's dims (outermost first) and its mins."""
+    k = len(rdom)
+    rank = k + self.n + self.lead
+    mins = [B.static_int(lo) for lo, _ in rdom.ranges]
+    exts = [B.static_int(ex) for _, ex in rdom.ranges]
+    saved = (dict(self.vals), dict(self.ranges), self.lead)
+    for j in range(k):
+      shape = [1] * rank
+      shape[k - 1 - j] = exts[j]
+      key = B.key(rdom.vars[j])
+      self.vals[key] = (mins[j] + jnp.arange(exts[j], dtype=jnp.int32)).reshape(shape)
+      self.ranges[key] = (mins[j], exts[j], rank - (k - 1 - j))
+    self.lead += k
+    rdims = tuple(exts[j] for j in reversed(range(k)))
+    return saved, rdims, mins
+
+  def unbind(self, saved) -> None:
+    self.vals, self.ranges, self.lead = saved
+
+  def reduce(self, e: ir.Reduce) -> Any:
+    k = len(e.rdom)
+    if e.op in _UNROLL_OPS and _rdom_size(e.rdom) <= UNROLL_LIMIT:
+      return self._unrolled(e)
+    saved, rdims, mins = self.rvar_axes(e.rdom)
+    try:
+      body = jnp.asarray(self.ev(e.body))
+    finally:
+      self.unbind(saved)
+    rank = k + self.n + self.lead
+    body = body.reshape((1,) * (rank - body.ndim) + body.shape)
+    body = jnp.broadcast_to(body, rdims + body.shape[k:])
+    axes = tuple(range(k))
+    if e.op == "sum":
+      return jnp.sum(body, axis=axes).astype(e.dtype)
+    if e.op == "product":
+      return jnp.prod(body, axis=axes).astype(e.dtype)
+    if e.op == "max":
+      return jnp.max(body, axis=axes)
+    if e.op == "min":
+      return jnp.min(body, axis=axes)
+    flat = body.reshape((-1,) + body.shape[k:])
+    if e.component == k:
+      return jnp.max(flat, axis=0) if e.op == "argmax" else jnp.min(flat, axis=0)
+    idx = jnp.argmax(flat, axis=0) if e.op == "argmax" else jnp.argmin(flat, axis=0)
+    coords = jnp.unravel_index(idx, rdims)
+    return (coords[k - 1 - e.component] + mins[e.component]).astype(jnp.int32)
+
+  def _unrolled(self, e: ir.Reduce) -> Any:
+    """Small reductions unrolled at trace time: loads like ``in[y, x + r]`` become slices."""
+    mins = [B.static_int(lo) for lo, _ in e.rdom.ranges]
+    exts = [B.static_int(ex) for _, ex in e.rdom.ranges]
+    acc = None
+    for point in itertools.product(*[range(m, m + n) for m, n in zip(mins, exts, strict=True)]):
+      vals = {B.key(r): v for r, v in zip(e.rdom.vars, point, strict=True)}
+      body = B.fold(
+        B.substitute(
+          e.body,
+          lambda n, vals=vals: (
+            ir.Const(vals[B.key(n)], np.int32)
+            if isinstance(n, ir.RVar) and B.key(n) in vals
+            else None
+          ),
+        )
+      )
+      v = jnp.asarray(self.ev(body)).astype(e.dtype)
+      acc = v if acc is None else _UNROLL_OPS[e.op](acc, v)
+    return jnp.asarray(acc).astype(e.dtype)
+
+  # -- loads
+  def _var_of(self, a: ir.Expr) -> tuple | None:
+    """The single bound (R)Var ``a`` depends on (None if several, a call or a param)."""
+    found = None
+    for n in ir.walk(a):
+      if isinstance(n, ir.Call | ir.Param | ir.Reduce):
+        return None
+      if isinstance(n, ir.Var | ir.RVar):
+        k = B.key(n)
+        if k not in self.ranges or (found is not None and found != k):
+          return None
+        found = k
+    return found
+
+  def load(self, call: ir.Call) -> Any:
+    if id(call.target) not in self.bufs:
+      raise ValueError(f"no buffer for {call.target.name} (internal scheduling error)")
+    arr, mins = self.bufs[id(call.target)]
+    args = call.args
+    padded = self.bufs.get(("pad", id(call.target)))
+    if padded is not None and self.dynamic:
+      # Reads clamped to the buffer's edges become plain slices of its edge-padded copy.
+      new = [_unclamp(a, lo, hi) for a, lo, hi in zip(args, padded[2], padded[3], strict=True)]
+      if any(n is not a for n, a in zip(new, args, strict=True)):
+        arr, mins, args = padded[0], padded[1], new
+    plan = []
+    used = set()
+    for a in args:
+      lin = B.linear(a)
+      if lin is not None and not lin[0]:
+        plan.append(("const", lin[1]))
+        continue
+      k = self._var_of(a)
+      if k is None or k in used:
+        return self.gather(arr, mins, args)
+      used.add(k)
+      if lin is not None and lin[0][k] >= 1:
+        plan.append(("affine", k, lin[0][k], lin[1]))
+      else:
+        plan.append(("take", k, a))
+    out = arr
+    keep = []  # var key per remaining axis
+    for d, step in enumerate(plan):
+      if step[0] == "const":
+        out = lax.index_in_dim(out, step[1] - mins[d], axis=len(keep), keepdims=False)
+        continue
+      ax = len(keep)
+      k = step[1]
+      lo, ext, _ = self.ranges[k]
+      if step[0] == "affine":
+        coef, off = step[2], step[3]
+        start = coef * lo + off - mins[d]
+        size = coef * (ext - 1) + 1
+        if _is_static(start):
+          out = lax.slice_in_dim(out, int(start), int(start) + size, coef, axis=ax)
+        else:
+          out = lax.dynamic_slice_in_dim(out, start, size, axis=ax)
+          if coef > 1:
+            out = lax.slice_in_dim(out, 0, size, coef, axis=ax)
+      else:
+        out = self._take(out, ax, step[2], k, mins[d], out.shape[ax])
+      keep.append(k)
+    # Arrange the var axes in evaluation order and broadcast over the others.
+    ends = [self.ranges[k][2] for k in keep]
+    perm = sorted(range(len(ends)), key=lambda i: -ends[i])
+    out = jnp.transpose(out, perm) if perm != list(range(len(ends))) else out
+    rank = max(ends, default=0)
+    shape = [1] * rank
+    for j, i in enumerate(perm):
+      shape[rank - ends[i]] = out.shape[j]
+    return out.reshape(shape)
+
+  def _take(self, arr, ax: int, a: ir.Expr, k: tuple, bmin: Any, size: int):
+    lo, ext, rax = self.ranges[k]
+    clamp = _clamp_pattern(a, k)
+    if clamp is not None and _is_static(lo) and _is_static(bmin):
+      off, cl, ch = clamp
+      return _clamped_slice(arr, ax, lo + off - bmin, ext, cl - bmin, ch - bmin)
+    idx = jnp.asarray(self.ev(a)).reshape(-1) - bmin  # [ext] along the var's axis
+    return jnp.take(arr, idx, axis=ax, mode="clip")
+
+  def gather(self, arr, mins, args) -> Any:
+    idx = [jnp.asarray(self.ev(a)) - m for a, m in zip(args, mins, strict=True)]
+    return arr[tuple(idx)]
+
+
+UNROLL_LIMIT = 32
+_UNROLL_OPS = {"sum": jnp.add, "product": jnp.multiply, "max": jnp.maximum, "min": jnp.minimum}
+
+
+def _rdom_size(r: ir.RDom) -> int:
+  return math.prod(B.static_int(ex) for _, ex in r.ranges)
+
+
+def _clamp_any(a: ir.Expr) -> tuple[ir.Expr, int, int] | None:
+  """``clamp(e, lo, hi)`` with static bounds -> (e, lo, hi)."""
+  if (
+    isinstance(a, ir.BinOp)
+    and a.op == "min"
+    and isinstance(a.a, ir.BinOp)
+    and a.a.op == "max"
+    and isinstance(a.a.b, ir.Const)
+    and isinstance(a.b, ir.Const)
+  ):
+    return a.a.a, int(a.a.b.value), int(a.b.value)
+  return None
+
+
+def _unclamp(a: ir.Expr, lo: int, hi: int) -> ir.Expr:
+  c = _clamp_any(a)
+  if c is not None and c[1] == lo and c[2] == hi:
+    return c[0]
+  return a
+
+
+def _edge_pads(p: L.Plan, shapes: dict[int, tuple[int, ...]]) -> dict[int, list[list[int]]]:
+  """Per buffer, the edge padding that turns every read clamped to its bounds into a slice."""
+  bounds: dict[int, list[tuple[int, int]]] = {
+    i: [(0, s - 1) for s in shp] for i, shp in shapes.items()
+  }
+  for fp in p.order:
+    if fp.level == "root" and fp.region is not None:
+      bounds[id(fp.func)] = [(m, m + e - 1) for m, e in fp.region]
+  pads: dict[int, list[list[int]]] = {}
+
+  def visit(n: ir.Expr, env):
+    if isinstance(n, ir.Reduce):
+      inner = dict(env)
+      for r in n.rdom.vars:
+        inner[B.key(r)] = B.rdom_interval(r)
+      visit(n.body, inner)
+      return
+    if isinstance(n, ir.Call) and id(n.target) in bounds:
+      bd = bounds[id(n.target)]
+      need = []
+      for a, (lo, hi) in zip(n.args, bd, strict=True):
+        c = _clamp_any(a)
+        if c is None or (c[1], c[2]) != (lo, hi):
+          need.append([0, 0])
+          continue
+        ilo, ihi = B.interval(c[0], env)
+        ilo, ihi = float(np.min(ilo)), float(np.max(ihi))
+        if not (np.isfinite(ilo) and np.isfinite(ihi)) or B.linear(c[0]) is None:
+          need.append([0, 0])
+          continue
+        need.append([max(0, lo - int(ilo)), max(0, int(ihi) - hi)])
+      if any(x for pr in need for x in pr):
+        cur = pads.setdefault(id(n.target), [[0, 0] for _ in bd])
+        for cp, nd in zip(cur, need, strict=True):
+          cp[0], cp[1] = max(cp[0], nd[0]), max(cp[1], nd[1])
+    for k in ir.children(n):
+      visit(k, env)
+
+  for fp in p.order:
+    # Only reads inside tile loops (dynamic offsets) use padded copies; static regions are
+    # peeled into interior and borders instead (see _eval_pure).
+    if fp.func.extern is not None or (fp.level == "root" and fp.group is None):
+      continue
+    lo = [np.float64(m) for m, _ in fp.region]
+    hi = [np.float64(m + e - 1) for m, e in fp.region]
+    for st in fp.stages:
+      env = L._stage_env(st, fp.func, lo, hi)
+      for e in (*st.args, st.value):
+        visit(e, env)
+  return pads
+
+
+def _clamp_pattern(a: ir.Expr, k: tuple) -> tuple[int, int, int] | None:
+  """``clamp(v + off, lo, hi)`` with static ints -> (off, lo, hi)."""
+  if not (
+    isinstance(a, ir.BinOp) and a.op == "min" and isinstance(a.a, ir.BinOp) and a.a.op == "max"
+  ):
+    return None
+  inner, lo, hi = a.a.a, a.a.b, a.b
+  lin = B.linear(inner)
+  if lin is None or lin[0] != {k: 1}:
+    return None
+  if not (isinstance(lo, ir.Const) and isinstance(hi, ir.Const)):
+    return None
+  return lin[1], int(lo.value), int(hi.value)
+
+
+def _clamped_slice(arr, ax: int, s: int, ext: int, lo: int, hi: int):
+  """``arr[clip(s + arange(ext), lo, hi)]`` along ``ax`` with slices (edge replication)."""
+  e = s + ext - 1
+  lp = int(np.clip(lo - s, 0, ext))
+  rp = int(np.clip(e - hi, 0, ext))
+  mid = ext - lp - rp
+  parts = []
+  if mid <= 0:
+    edge = lo if s < lo and e < lo else hi
+    if s < lo <= hi < e:  # narrower than the window: both edges
+      edge = None
+    if edge is not None:
+      sl = lax.slice_in_dim(arr, edge, edge + 1, axis=ax)
+      return jnp.repeat(sl, ext, axis=ax)
+  if lp:
+    parts.append(jnp.repeat(lax.slice_in_dim(arr, lo, lo + 1, axis=ax), lp, axis=ax))
+  if mid > 0:
+    parts.append(lax.slice_in_dim(arr, s + lp, s + lp + mid, axis=ax))
+  elif s < lo <= hi < e:
+    parts.append(lax.slice_in_dim(arr, lo, hi + 1, axis=ax))
+    rp = ext - lp - (hi - lo + 1)
+  if rp:
+    parts.append(jnp.repeat(lax.slice_in_dim(arr, hi, hi + 1, axis=ax), rp, axis=ax))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=ax)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+UNROLL_DIM_LIMIT = 16
+
+
+def _eval_region(
+  fp: L.FuncPlan,
+  mins: list[Any],
+  exts: tuple[int, ...],
+  bufs,
+  params,
+  value: ir.Expr | None = None,
+  done: frozenset = frozenset(),
+):
+  """Evaluate the pure definition over a region. A pure dim scheduled ``unroll`` (with a
+  small static extent) is evaluated one index at a time with the var substituted, so selects
+  on it (``select(c == 0, ...)``) fold away instead of computing every branch everywhere."""
+  f = fp.func
+  value = fp.stages[0].value if value is None else value
+  st = f.definitions[0].schedule
+  for d, v in enumerate(f.args):
+    if (
+      d in done
+      or st.kind(v.name) != "unrolled"
+      or not _is_static(mins[d])
+      or exts[d] > UNROLL_DIM_LIMIT
+    ):
+      continue
+    parts = []
+    for i in range(exts[d]):
+      c = ir.Const(int(mins[d]) + i, np.int32)
+      val_i = B.fold(
+        B.substitute(
+          value,
+          lambda n, c=c, name=v.name: c if isinstance(n, ir.Var) and n.name == name else None,
+        )
+      )
+      sub_mins = list(mins)
+      sub_mins[d] = int(mins[d]) + i
+      sub_exts = list(exts)
+      sub_exts[d] = 1
+      parts.append(_eval_region(fp, sub_mins, tuple(sub_exts), bufs, params, val_i, done | {d}))
+    return jnp.concatenate(parts, axis=d)
+  ctx = _Ctx([v.name for v in f.args], mins, list(exts), bufs, params)
+  val = jnp.asarray(ctx.ev(value)).astype(f.dtype)
+  return jnp.broadcast_to(val, tuple(exts))
+
+
+def _interior(fp: L.FuncPlan, mins: list[int], exts: tuple[int, ...]) -> list[tuple[int, int]]:
+  """The sub-region where no clamped read ``clamp(v + e, lo, hi)`` is active."""
+  f = fp.func
+  names = [v.name for v in f.args]
+  inter = [(m, m + e - 1) for m, e in zip(mins, exts, strict=True)]
+  env = {("v", n): (np.float64(0), np.float64(0)) for n in names}
+
+  def visit(n: ir.Expr, env):
+    if isinstance(n, ir.Reduce):
+      inner = dict(env)
+      for r in n.rdom.vars:
+        inner[B.key(r)] = B.rdom_interval(r)
+      visit(n.body, inner)
+      return
+    c = _clamp_any(n)
+    if c is not None:
+      lin = B.linear(c[0])
+      if lin is not None:
+        vs = [k for k in lin[0] if k[0] == "v"]
+        if len(vs) == 1 and lin[0][vs[0]] == 1:
+          d = names.index(vs[0][1])
+          # Offset e - v ranges over [dlo, dhi] (RVars included): v + e stays in [lo, hi] for
+          # v in [lo - dlo, hi - dhi].
+          rest = B.interval(c[0], env)  # with v = 0
+          lo, hi = inter[d]
+          inter[d] = (max(lo, c[1] - int(rest[0])), min(hi, c[2] - int(rest[1])))
+    for k in ir.children(n):
+      visit(k, env)
+
+  visit(fp.stages[0].value, env)
+  return inter
+
+
+def _eval_pure(fp: L.FuncPlan, mins: list[Any], exts: tuple[int, ...], bufs, params):
+  """Evaluate over a region. Statically placed regions with edge-clamped reads are peeled:
+  the interior, where every clamp is inactive, is pure slices (fast on XLA); only thin border
+  slabs pay for the clamping, and are written into place with dynamic_update_slice."""
+  if not all(_is_static(m) for m in mins) or fp.func.extern is not None:
+    return _eval_region(fp, mins, exts, bufs, params)
+  inter = _interior(fp, mins, exts)
+  full = [(m, m + e - 1) for m, e in zip(mins, exts, strict=True)]
+  if inter == full or any(hi - lo + 1 < 8 for lo, hi in inter):
+    return _eval_region(fp, mins, exts, bufs, params)
+  core = _eval_region(
+    fp, [lo for lo, _ in inter], tuple(hi - lo + 1 for lo, hi in inter), bufs, params
+  )
+  cfg = [(lo - m, m + e - 1 - hi, 0) for (lo, hi), m, e in zip(inter, mins, exts, strict=True)]
+  out = lax.pad(core, jnp.zeros((), core.dtype), cfg)
+  box = list(full)  # the slab being peeled shrinks dim by dim
+  for d, (lo, hi) in enumerate(inter):
+    for a, b in ((box[d][0], lo - 1), (hi + 1, box[d][1])):
+      if b < a:
+        continue
+      sub = list(box)
+      sub[d] = (a, b)
+      arr = _eval_region(fp, [s for s, _ in sub], tuple(t - s + 1 for s, t in sub), bufs, params)
+      out = lax.dynamic_update_slice(out, arr, [s - m for (s, _), m in zip(sub, mins, strict=True)])
+    box[d] = (lo, hi)
+  return out
+
+
+def _eval_updates(fp: L.FuncPlan, arr, mins: list[int], bufs, params):
+  for st in fp.stages[1:]:
+    arr = _eval_update(fp, st, arr, mins, bufs, params)
+  return arr
+
+
+def _eval_update(fp: L.FuncPlan, st: L.Stage, arr, mins, bufs, params):
+  f = fp.func
+  names = [v.name for v in f.args]
+  exts = list(arr.shape)
+  pure = [isinstance(a, ir.Var) for a in st.args]
+  # Region vars are only the pure dims used bare on the left; others have extent 1.
+  r_names = names
+  r_exts = [e if p else 1 for e, p in zip(exts, pure, strict=True)]
+  r_mins = [m if p else 0 for m, p in zip(mins, pure, strict=True)]
+
+  def ctx_for(cur):
+    b = dict(bufs)
+    b[id(f)] = (cur, mins)
+    return _Ctx(r_names, r_mins, r_exts, b, params)
+
+  val = st.value
+  if st.rdom is None:
+    ctx = ctx_for(arr)
+    v = jnp.asarray(ctx.ev(val)).astype(f.dtype)
+    idx = [jnp.asarray(ctx.ev(a)) - m for a, m in zip(st.args, mins, strict=True)]
+    shape = jnp.broadcast_shapes(v.shape, *[i.shape for i in idx])
+    return arr.at[tuple(jnp.broadcast_to(i, shape) for i in idx)].set(jnp.broadcast_to(v, shape))
+
+  # Commutative self-update f[L] = f[L] op e: a scatter (order-independent).
+  if isinstance(val, ir.BinOp) and val.op in ("add", "mul", "max", "min"):
+    for mine, other in ((val.a, val.b), (val.b, val.a)):
+      if (
+        isinstance(mine, ir.Call)
+        and mine.target is f
+        and not _refs(other, f)
+        and all(_same(x, y) for x, y in zip(mine.args, st.args, strict=True))
+      ):
+        return _scatter(ctx_for(arr), st, other, arr, mins, val.op, f.dtype)
+
+  scan = _prefix_scan(f, st)
+  if scan is not None:
+    return _run_scan(ctx_for, st, scan, arr, mins, f.dtype)
+
+  if not _refs(val, f) and _injective(st):
+    return _scatter(ctx_for(arr), st, val, arr, mins, "set", f.dtype)
+
+  # General case: serial over the RDom in Halide order (r[0] innermost).
+  rd = st.rdom
+  rmins = [B.static_int(lo) for lo, _ in rd.ranges]
+  rexts = [B.static_int(ex) for _, ex in rd.ranges]
+  total = math.prod(rexts)
+
+  def body(t, cur):
+    ctx = ctx_for(cur)
+    rem = t
+    for j in range(len(rexts)):
+      ctx.vals[B.key(rd.vars[j])] = (rmins[j] + rem % rexts[j]).astype(jnp.int32)
+      rem = rem // rexts[j]
+    v = jnp.asarray(ctx.ev(val)).astype(f.dtype)
+    idx = [jnp.asarray(ctx.ev(a)) - m for a, m in zip(st.args, mins, strict=True)]
+    shape = jnp.broadcast_shapes(v.shape, *[i.shape for i in idx])
+    return cur.at[tuple(jnp.broadcast_to(i, shape) for i in idx)].set(jnp.broadcast_to(v, shape))
+
+  return lax.fori_loop(0, total, body, arr)
+
+
+def _scatter(ctx: _Ctx, st: L.Stage, e: ir.Expr, arr, mins, op: str, dtype):
+  ctx.rvar_axes(st.rdom)
+  v = jnp.asarray(ctx.ev(e)).astype(dtype)
+  idx = [jnp.asarray(ctx.ev(a)) - m for a, m in zip(st.args, mins, strict=True)]
+  shape = jnp.broadcast_shapes(v.shape, *[i.shape for i in idx])
+  idx = tuple(jnp.broadcast_to(i, shape) for i in idx)
+  v = jnp.broadcast_to(v, shape)
+  ref = arr.at[idx]
+  return {"add": ref.add, "mul": ref.multiply, "max": ref.max, "min": ref.min, "set": ref.set}[op](
+    v
+  )
+
+
+def _injective(st: L.Stage) -> bool:
+  """Every RVar appears in exactly one left-hand arg, affinely, alone there: no collisions."""
+  seen = set()
+  for a in st.args:
+    if isinstance(a, ir.Var):
+      continue
+    lin = B.linear(a)
+    if lin is None or len(lin[0]) != 1:
+      return False
+    (k,) = lin[0]
+    if k[0] != "r" or k in seen:
+      return False
+    seen.add(k)
+  return len(seen) == len(st.rdom)
+
+
+def _prefix_scan(f: ir.Func, st: L.Stage) -> tuple[int, ir.Expr] | None:
+  """``f[.., r, ..] = f[.., r - 1, ..] + e`` with ``e`` free of f -> (axis, e)."""
+  if len(st.rdom) != 1:
+    return None
+  rk = B.key(st.rdom.vars[0])
+  q = [i for i, a in enumerate(st.args) if not isinstance(a, ir.Var)]
+  if len(q) != 1 or B.linear(st.args[q[0]]) != ({rk: 1}, 0):
+    return None
+  q = q[0]
+  v = st.value
+  if not (isinstance(v, ir.BinOp) and v.op == "add"):
+    return None
+  for mine, other in ((v.a, v.b), (v.b, v.a)):
+    if not (isinstance(mine, ir.Call) and mine.target is f) or _refs(other, f):
+      continue
+    ok = all(
+      (B.linear(x) == ({rk: 1}, -1)) if i == q else _same(x, y)
+      for i, (x, y) in enumerate(zip(mine.args, st.args, strict=True))
+    )
+    if ok:
+      return q, other
+  return None
+
+
+def _run_scan(ctx_for, st: L.Stage, scan, arr, mins, dtype):
+  q, e = scan
+  ctx = ctx_for(arr)
+  _, rdims, rmins = ctx.rvar_axes(st.rdom)
+  v = jnp.asarray(ctx.ev(e)).astype(dtype)
+  n = ctx.n
+  v = v.reshape((1,) * (n + 1 - v.ndim) + v.shape)
+  full = (rdims[0],) + tuple(1 if i == q else s for i, s in enumerate(arr.shape))
+  v = jnp.broadcast_to(v, full)
+  cs = jnp.cumsum(v, axis=0, dtype=dtype)  # [R, ..., 1 (axis q), ...]
+  start = rmins[0] - mins[q]
+  init = lax.slice_in_dim(arr, start - 1, start, axis=q)
+  new = jnp.moveaxis(jnp.squeeze(cs, axis=q + 1), 0, q) + init
+  return lax.dynamic_update_slice_in_dim(arr, new.astype(dtype), start, axis=q)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _barrier(x):
+  return lax.optimization_barrier(x)
+
+
+def execute(p: L.Plan, images: list[jax.Array], params: dict[int, jax.Array]) -> list[jax.Array]:
+  """Run a plan; returns the outputs over ``[0, shape)``."""
+  _INTERNER.append(_Interner())
+  try:
+    return _execute(p, images, params)
+  finally:
+    _INTERNER.pop()
+
+
+def _pad(bufs, pads, key, arr, mins) -> None:
+  pad = pads.get(key)
+  if pad is None:
+    return
+  padded = _barrier(jnp.pad(arr, pad, mode="edge"))
+  bufs[("pad", key)] = (
+    padded,
+    [m - lp for m, (lp, _) in zip(mins, pad, strict=True)],
+    list(mins),
+    [m + s - 1 for m, s in zip(mins, arr.shape, strict=True)],
+  )
+
+
+def _execute(p: L.Plan, images, params) -> list[jax.Array]:
+  bufs: dict[Any, Any] = {}
+  pads = _edge_pads(p, {id(i): a.shape for i, a in zip(p.images, images, strict=True)})
+  for img, arr in zip(p.images, images, strict=True):
+    bufs[id(img)] = (arr, [0] * arr.ndim)
+    _pad(bufs, pads, id(img), arr, [0] * arr.ndim)
+  out_ids = {id(o) for o in p.outputs}
+  for fp in p.order:
+    if fp.level != "root":
+      continue
+    f = fp.func
+    mins = [m for m, _ in fp.region]
+    exts = tuple(e for _, e in fp.region)
+    if f.extern is not None:
+      ins = [bufs[id(i)][0] for i in f.extern.inputs]
+      arr = jnp.asarray(f.extern.fn(*ins, tuple(mins), exts))
+      if arr.shape != exts:
+        raise ValueError(f"extern Func {f.name} returned shape {arr.shape}, expected {exts}")
+      arr = arr.astype(f.dtype)
+    elif fp.group is not None:
+      arr = _run_group(p, fp, bufs, params)
+    else:
+      arr = _eval_pure(fp, mins, exts, bufs, params)
+      arr = _eval_updates(fp, arr, mins, bufs, params)
+    if id(f) not in out_ids:
+      arr = _barrier(arr)
+    bufs[id(f)] = (arr, mins)
+    _pad(bufs, pads, id(f), arr, mins)
+  outs = []
+  for o in p.outputs:
+    arr, mins = bufs[id(o)]
+    shp = p.out_shapes[id(o)]
+    sl = tuple(slice(-m, -m + s) for m, s in zip(mins, shp, strict=True))
+    outs.append(arr[sl] if any(m != 0 for m in mins) or arr.shape != shp else arr)
+  return outs
+
+
+def _run_group(p: L.Plan, fp: L.FuncPlan, bufs, params):
+  g = fp.group
+  f = fp.func
+  a_n, b_n = g.origin.shape[1], g.origin.shape[2]
+  cmins = [m for m, _ in fp.region]
+  exts = tuple(e for _, e in fp.region)
+  origin = g.origin
+  tables = [(ch.win_lo, ch.win_lo0, ch.store_lo) for ch in g.children]
+
+  def idx(table: np.ndarray, *ij):
+    if all(_is_static(i) for i in ij):  # static slices when the loop index is known
+      return [int(v) for v in table[(slice(None),) + ij]]
+    t = jnp.asarray(table, jnp.int32)[(slice(None),) + ij]
+    return [t[d] for d in range(t.shape[0])]
+
+  def step(a, b, first, stores, out):
+    local = dict(bufs)
+    for ch, (wl, wl0, sl) in zip(g.children, tables, strict=True):
+      kp = p.by_func[id(ch.func)]
+      if ch.mode == "tile":
+        lo = idx(wl, a, b)
+        local[id(ch.func)] = (_eval_pure(kp, lo, ch.win_ext, local, params), lo)
+        continue
+      slo = idx(sl, a)
+      ext = ch.win_ext0 if first else ch.win_ext
+      if math.prod(ext) > 0:
+        lo = idx(wl0, a) if first else idx(wl, a, b)
+        val = _eval_pure(kp, lo, ext, local, params)
+        off = [x - s for x, s in zip(lo, slo, strict=True)]
+        stores[id(ch.func)] = lax.dynamic_update_slice(stores[id(ch.func)], val, off)
+      local[id(ch.func)] = (stores[id(ch.func)], slo)
+    lo = idx(origin, a, b)
+    tile = _eval_pure(fp, lo, g.ext, local, params)
+    off = [x - m for x, m in zip(lo, cmins, strict=True)]
+    return stores, lax.dynamic_update_slice(out, tile, off)
+
+  def outer(a, out):
+    stores = {
+      id(ch.func): jnp.zeros(ch.store_ext, ch.func.dtype) for ch in g.children if ch.mode != "tile"
+    }
+    stores, out = step(a, 0, True, stores, out)
+    if b_n > 1:
+
+      def inner(b, carry):
+        return step(a, b, False, *carry)
+
+      stores, out = lax.fori_loop(1, b_n, inner, (stores, out))
+    return out
+
+  out = jnp.zeros(exts, f.dtype)
+  if a_n == 1:
+    return outer(0, out)
+  return lax.fori_loop(0, a_n, outer, out)

@@ -1,0 +1,199 @@
+"""Schedules: validation errors, results independent of schedule, the lowered loop nest."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsched.pipelines as pl
+from jaxsched.pipelines import apps
+
+
+def _three_stage():
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  c = pl.boundary.repeat_edge(img)
+  a, b, out = pl.Func("a"), pl.Func("b"), pl.Func("out")
+  a[y, x] = c[y, x - 1] * 0.25 + c[y, x + 1] * 0.75
+  b[y, x] = a[y - 1, x] - a[y + 2, x] * 0.5
+  out[y, x] = b[y, x // 2 * 2] + a[y, x]
+  vs = {n: pl.Var(n) for n in ("xo", "yo", "xi", "yi", "t")}
+  return img, a, b, out, y, x, vs
+
+
+def _ref(v):
+  p = np.pad(v.astype(np.float64), 3, mode="edge")
+  a = p[:, 2:-4] * 0.25 + p[:, 4:-2] * 0.75  # rows -3..h+2, cols 0..w-1
+  h, w = v.shape
+  b = a[2 : 2 + h] - a[5 : 5 + h] * 0.5
+  return b[:, (np.arange(w) // 2) * 2] + a[3 : 3 + h]
+
+
+SCHEDULES = {
+  "inline": lambda a, b, out, y, x, v: None,
+  "root_hints": lambda a, b, out, y, x, v: (
+    a.compute_root().vectorize(x, 8).parallel(y),
+    b.compute_root().split(y, v["yo"], v["yi"], 3).reorder(v["yi"], x, v["yo"]).unroll(v["yi"]),
+    out.fuse(x, y, v["t"]).parallel(v["t"]),
+  ),
+  "tiles": lambda a, b, out, y, x, v: (
+    out.tile(x, y, v["xo"], v["yo"], v["xi"], v["yi"], 4, 3),
+    a.compute_at(out, v["xo"]),
+    b.compute_at(out, v["xo"]),
+  ),
+  "rows": lambda a, b, out, y, x, v: (
+    out.split(y, v["yo"], v["yi"], 5),
+    a.compute_at(out, v["yo"]).vectorize(x),
+    b.compute_at(out, v["yo"]),
+  ),
+  "sliding": lambda a, b, out, y, x, v: (
+    out.split(y, v["yo"], v["yi"], 4),
+    a.store_at(out, v["yo"]).compute_at(out, v["yi"]),
+    b.store_at(out, v["yo"]).compute_at(out, v["yi"]),
+  ),
+  "sliding_root": lambda a, b, out, y, x, v: (
+    a.store_root().compute_at(out, y),
+    b.compute_at(out, y),
+  ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_schedule_never_changes_results(name):
+  img, a, b, out, y, x, v = _three_stage()
+  SCHEDULES[name](a, b, out, y, x, v)
+  data = np.random.default_rng(7).random((11, 9), dtype=np.float32)
+  got = pl.Pipeline(out).compile()(data)
+  np.testing.assert_allclose(np.asarray(got), _ref(data), rtol=1e-5, atol=1e-6)
+
+
+def test_schedule_errors_name_func_var_and_value():
+  img, a, b, out, y, x, v = _three_stage()
+  with pytest.raises(ValueError, match=r"split: Func a .* no loop var 'z'; its loops are \['y', "):
+    a.split(pl.Var("z"), v["xo"], v["xi"], 4)
+  with pytest.raises(ValueError, match="split of Func a var x: factor=0 must be a positive int"):
+    a.split(x, v["xo"], v["xi"], 0)
+  with pytest.raises(ValueError, match="factor=-2"):
+    a.vectorize(x, -2)
+  with pytest.raises(TypeError, match="tile takes 6 or 8 arguments"):
+    out.tile(x, y, 4)
+  with pytest.raises(ValueError, match="repeated vars"):
+    out.reorder(x, x)
+  with pytest.raises(ValueError, match="cannot be computed inside itself"):
+    a.compute_at(a, x)
+  with pytest.raises(ValueError, match=r"Func a has 0 updates; update\(0\) is invalid"):
+    a.update(0)
+  with pytest.raises(ValueError, match="bound: Func a has no pure var 'q'"):
+    a.bound("q", 0, 4)
+  data = np.ones((6, 5), np.float32)
+
+  def compile_err(setup, exc, pattern):
+    img, a, b, out, y, x, v = _three_stage()
+    setup(a, b, out, y, x, v)
+    with pytest.raises(exc, match=pattern):
+      pl.Pipeline(out).compile()(data)
+
+  # a is not called by b's consumer... compute a at a Func that does not call it.
+  compile_err(
+    lambda a, b, out, y, x, v: (b.compute_root(), a.compute_at(b, x), out.compute_root()),
+    ValueError,
+    r"compute_at: Func a is computed at Func b but also used by \['out'\]",
+  )
+  compile_err(
+    lambda a, b, out, y, x, v: (b.compute_root(), b.compute_at(out, v["yo"])),
+    ValueError,
+    r"Func out has no loop var 'yo' .*its loops are \['y', 'x'\]",
+  )
+  compile_err(
+    lambda a, b, out, y, x, v: a.compute_at(pl.Func("other"), x),
+    ValueError,
+    "not a \\(non-inline\\) stage of this pipeline",
+  )
+  compile_err(
+    lambda a, b, out, y, x, v: (a.compute_root(), a.bound(x, 0, 3)),
+    ValueError,
+    r"Func a.bound\('x', 0, 3\) is too small: region \[0, 4\] is required",
+  )
+  compile_err(
+    lambda a, b, out, y, x, v: (a.compute_root(), a.store_at(out, y)),
+    ValueError,
+    "store_at.* needs a compute_at",
+  )
+  compile_err(
+    lambda a, b, out, y, x, v: (b.compute_root(), a.compute_at(b, y), b.compute_at(out, y)),
+    NotImplementedError,
+    "nested compute_at is not supported",
+  )
+
+
+def test_compute_at_non_consumer():
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  f, g, h = pl.Func("f"), pl.Func("g"), pl.Func("h")
+  f[y, x] = img[y, x] * 2
+  g[y, x] = img[y, x] + 1
+  h[y, x] = f[y, x] + g[y, x]
+  g.compute_root()
+  f.compute_at(g, x)
+  with pytest.raises(ValueError, match=r"compute_at: Func g does not call Func f .*\['h'\]"):
+    pl.Pipeline(h).compile()(np.ones((3, 3), np.float32))
+
+
+def test_loop_nest_tiled_and_sliding_features():
+  nest = apps.make("harris", "tiled").pipeline.lower((256, 512))
+  text = str(nest)
+  assert "for yo in [0, 2) tile:" in text and "for xo in [0, 2) tile:" in text
+  comps = {n.func: n for _, n in nest.nodes() if isinstance(n, pl.Compute)}
+  # Gradients over a 128x256 tile plus a 1-pixel halo on each side.
+  assert comps["Ix"].shape == (130, 258)
+  assert comps["Ix"].recompute == pytest.approx(130 * 258 * 4 / (258 * 514))
+  assert comps["harris"].points == 256 * 512 and comps["harris"].recompute == 1.0
+  assert set(comps["harris"].inlined) >= {"Sxx", "Ixx", "Syy"}
+  feats = nest.features()
+  assert feats["tile_iterations"] == 4 and feats["max_recompute"] > 1
+  assert feats["bytes_written"] > 0 and feats["flops"] > feats["points"]
+
+  slide = apps.make("blur", "sliding").pipeline.lower((200, 50))
+  comps = {n.func: n for _, n in slide.nodes() if isinstance(n, pl.Compute)}
+  # blur_x rows: 4 strips of 64 (the last shifted inwards); each strip needs 66 rows, each
+  # computed once: 3 at the first step, then one new row per step.
+  assert comps["blur_x"].shape == (1, 50)
+  assert comps["blur_x"].points == 4 * 66 * 50
+  realizes = [n for _, n in slide.nodes() if isinstance(n, pl.Realize)]
+  assert [r.shape for r in realizes] == [(200, 50), (66, 50)]
+
+
+def test_update_stage_schedule_and_hints_in_loop_nest():
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  i = pl.Var("i")
+  r = pl.RDom((0, img.extent(0)), (0, img.extent(1)), name="r")
+  h = pl.Func("h")
+  h[i] = 0
+  h[pl.clamp(pl.cast(jnp.int32, img[r.x, r.y] * 4), 0, 3)] += 1
+  h.update(0).vectorize(r.x, 4).parallel(r.y)
+  h.vectorize(i)
+  nest = pl.Pipeline(h).lower((4,), input_shapes=[(8, 16)])
+  loops = {n.var: n for _, n in nest.nodes() if isinstance(n, pl.Loop)}
+  assert loops["i"].kind == "vectorized" and loops["r.y"].kind == "parallel"
+  assert loops["r.x_vi"].kind == "vectorized" and loops["r.x_vi"].extent == 4
+  assert loops["r.x_vo"].extent == 2
+  with pytest.raises(ValueError, match="no shape for ImageParam img"):
+    pl.Pipeline(h).lower((4,))
+
+
+def test_backend_registry_and_every_app_lowers():
+  with pytest.raises(ValueError, match="already registered"):
+    pl.register_backend("xla", lambda *a, **k: None)
+  with pytest.raises(TypeError, match="not callable"):
+    pl.register_backend("mine", 3)
+  assert "xla" in pl.available_backends()
+  with pytest.raises(ValueError, match=r"the xla backend takes no options, got \['target'\]"):
+    apps.make("blur").compile(target="gpu")(np.ones((4, 4), np.float32))
+  for name, app in apps.APPS.items():
+    for sched in app.schedules["xla"]:
+      g = apps.make(name, sched)
+      shapes = [(64, 96)] * len(g.pipeline.images)
+      out = g.output_shape((64, 96)) if g.output_shape else (64, 96)
+      nest = g.pipeline.lower(out, input_shapes=shapes)
+      feats = nest.features()
+      assert feats["points"] > 0 and feats["bytes_read"] > 0, (name, sched)
+      assert str(nest).startswith("realize"), (name, sched)
