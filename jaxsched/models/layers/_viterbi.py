@@ -23,7 +23,7 @@ from jaxsched.sparse import (
   viterbi_prune,
 )
 
-__all__ = ["ViterbiDense", "ViterbiIndex"]
+__all__ = ["ViterbiConv", "ViterbiDense", "ViterbiIndex"]
 
 _KERNELS = ("pallas", "xla")
 _DEFAULT_INIT = nnx.initializers.lecun_normal()
@@ -117,3 +117,75 @@ class ViterbiDense(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
+
+
+class ViterbiConv(nnx.Module):
+  """NHWC 2-D convolution whose kernel can be Viterbi-compressed, via im2col.
+
+  The kernel is stored as the ``[in_features * kh * kw, out_features]`` matrix of a
+  :class:`ViterbiDense` in the feature order of ``lax.conv_general_dilated_patches``
+  (input channel slowest, then kernel row, then column); :attr:`kernel_hwio` gives it back as
+  an ``[kh, kw, in, out]`` kernel. A 1x1 convolution needs no patches: it is the dense layer
+  applied per pixel. Compress, retrain and serve exactly as :class:`ViterbiDense`.
+
+  Args:
+    in_features: input channels.
+    out_features: output channels.
+    kernel_size: ``(kh, kw)`` or an int.
+    strides: ``(sh, sw)`` or an int.
+    padding: ``"SAME"`` or ``"VALID"``.
+    **dense_kwargs: forwarded to :class:`ViterbiDense` (``use_bias``, ``kernels``,
+      ``interpret``, ``config``, ``param_dtype``, ``kernel_init``, ``rngs``).
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | tuple[int, int],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: str = "SAME",
+    **dense_kwargs: Any,
+  ):
+    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    st = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    if len(ks) != 2 or min(ks) < 1 or len(st) != 2 or min(st) < 1:
+      raise ValueError(f"{kernel_size=} and {strides=} must be positive ints or pairs")
+    if padding.upper() not in ("SAME", "VALID"):
+      raise ValueError(f"{padding=} must be 'SAME' or 'VALID'")
+    self.kernel_size, self.strides, self.padding = ks, st, padding.upper()
+    self.in_features, self.out_features = in_features, out_features
+    self.dense = ViterbiDense(in_features * ks[0] * ks[1], out_features, **dense_kwargs)
+
+  @property
+  def compressed(self) -> bool:
+    return self.dense.compressed
+
+  def compress(self, vd: ViterbiDecompressor, sparsity: float, **prune_kwargs: Any) -> dict:
+    """Prunes the im2col kernel with ``vd`` (see :meth:`ViterbiDense.compress`)."""
+    return self.dense.compress(vd, sparsity, **prune_kwargs)
+
+  def matrix(self) -> ViterbiSparseMatrix:
+    return self.dense.matrix()
+
+  @property
+  def kernel_hwio(self) -> jax.Array:
+    """The (masked, if compressed) kernel as ``[kh, kw, in, out]``."""
+    w = self.matrix().to_dense() if self.compressed else self.dense.kernel[...]
+    kh, kw = self.kernel_size
+    return w.reshape(self.in_features, kh, kw, self.out_features).transpose(1, 2, 0, 3)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4 or x.shape[-1] != self.in_features:
+      raise ValueError(f"expected NHWC input with {self.in_features} channels, got {x.shape=}")
+    if self.kernel_size == (1, 1) and self.strides == (1, 1):
+      patches = x
+    else:
+      patches = jax.lax.conv_general_dilated_patches(
+        x, self.kernel_size, self.strides, self.padding,
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
+      )  # [n, ho, wo, in * kh * kw], input channel slowest
+    n, ho, wo, k = patches.shape
+    y = self.dense(patches.reshape(n * ho * wo, k))
+    return y.reshape(n, ho, wo, self.out_features)
