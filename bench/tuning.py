@@ -21,6 +21,7 @@ Usage: ``python -m bench.tuning [--seeds 3] [--trials 200] [--plot curves.png] [
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import tempfile
@@ -213,6 +214,180 @@ def bench_real(trials: int) -> dict[str, object]:
   return out
 
 
+# 5. Pipeline schedules (XLA backend, real measurements) ----------------------------------------
+
+
+# Narrower spaces where the full one is too big to measure exhaustively on this CPU: harris's
+# Funcs scheduled in three groups (gradients, products, box sums) and fewer split factors.
+PIPELINE_SPACES = {
+  "harris": {"groups": {"grad": ["Ix", "Iy"], "prod": ["Ixx", "Iyy", "Ixy"],
+                        "box": ["Sxx", "Syy", "Sxy"]},
+             "splits_y": (16, 64, 256), "splits_x": (128, 512)},
+}
+
+
+class TableMeasurer:
+  """Replays measured times of a fixed universe of configs (canonical JSON -> seconds)."""
+
+  def __init__(self, table: dict[str, float]):
+    self.table = table
+
+  def measure(self, configs):
+    from jaxsched.tuning.database import canonical_config
+
+    out = []
+    for c in configs:
+      t = self.table.get(canonical_config(c), math.inf)
+      out.append(MeasureResult(c, (t,)) if math.isfinite(t) else
+                 MeasureResult(c, error="failed when the table was measured"))
+    return out
+
+  def close(self):
+    pass
+
+
+def measure_universe(app: str, size: int, n: int, *, repeats: int, timeout: float, seed: int = 0,
+                     cache: str | None = None) -> dict[str, float]:
+  """Measures ``n`` valid schedules of ``app`` for real: all of them if the space is small
+  (<= 20000 points, the "universe" is then the whole space), else a random sample.
+
+  Returns ``{canonical config: median seconds (inf = failed)}``; cached in ``cache`` (JSON).
+  """
+  import json
+
+  from jaxsched.tuning import Measurer
+  from jaxsched.tuning import pipeline_space as ps
+  from jaxsched.tuning.database import canonical_config
+
+  key = f"{app}@{size}"
+  stored = {}
+  if cache and os.path.exists(cache):
+    stored = json.loads(open(cache).read())
+    if key in stored:
+      return {k: float(v) for k, v in stored[key].items()}
+  task = ps.pipeline_task(app, (size, size), space_kwargs=PIPELINE_SPACES.get(app))
+  space = task.space
+  rng = np.random.default_rng(seed)
+  valid = []
+  if space.size <= 20000:
+    valid = [space.knobs_to_config(k) for k in space.iter_valid()]
+    rng.shuffle(valid)
+  else:
+    seen = set()
+    while len(valid) < n:
+      c = space.knobs_to_config(space.sample(rng, 1, max_tries=5000)[0])
+      if canonical_config(c) not in seen:
+        seen.add(canonical_config(c))
+        valid.append(c)
+  dflt = ps._space(app, (size, size), "xla", {}, PIPELINE_SPACES.get(app)).default_config()
+  if all(canonical_config(c) != canonical_config(dflt) for c in valid):
+    valid[-1] = dflt  # The all-inline baseline is always part of the universe.
+  table = {}
+  t0 = time.perf_counter()
+  with Measurer(task.measure_fn, warmup=1, repeats=repeats, timeout=timeout) as m:
+    for i, c in enumerate(valid):
+      r = m.measure([c])[0]
+      table[canonical_config(c)] = r.cost
+      print(f"  [{app} {i + 1}/{len(valid)} {time.perf_counter() - t0:.0f}s] "
+            f"{'FAIL' if r.error else f'{r.cost * 1e3:.2f} ms'} {c}", flush=True)
+  if cache:
+    stored[key] = table
+    with open(cache, "w") as f:
+      f.write(json.dumps(stored))
+  return table
+
+
+def _universe_task(app: str, size: int, table: dict[str, float], *, loop_nest: bool) -> Task:
+  """The app's task restricted to the measured universe (others are invalid)."""
+  from jaxsched.tuning import pipeline_space as ps
+  from jaxsched.tuning.database import canonical_config
+
+  base = ps._space(app, (size, size), "xla", {}, PIPELINE_SPACES.get(app))
+  space = SearchSpace(dict(zip(base.space.names, base.space.choices, strict=True)),
+                      valid=lambda c: canonical_config(c) in table)
+  feature_fn = None
+  if loop_nest:
+    feats = {k: base.features(json.loads(k)) for k in table}
+    sentinel = np.full(12, -1.0, np.float32)
+
+    def feature_fn(c):
+      return feats.get(canonical_config(c), sentinel)
+
+  return Task(ps.pipeline_workload(app, (size, size)), space, measure_fn=None, op=app,
+              feature_fn=feature_fn)
+
+
+def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, repeats, timeout,
+                    cache, plot):
+  from jaxsched.tuning.search import Prior
+
+  tables = {a: measure_universe(a, size, universe, repeats=repeats, timeout=timeout, cache=cache)
+            for a in apps_}
+  rows = []
+  curves_all = {}
+  for app in apps_:
+    table = tables[app]
+    best = min(table.values())
+    n_ok = sum(math.isfinite(v) for v in table.values())
+    budget = min(trials, len(table))
+    ttg, curves = {}, {}
+    for method in methods:
+      ttg[method], curves[method] = [], []
+      for seed in range(seeds):
+        with tempfile.TemporaryDirectory() as d:
+          res = tune(_universe_task(app, size, table, loop_nest=False), trials=budget,
+                     method=method, db=f"{d}/t.sqlite", target="bench",
+                     measurer=TableMeasurer(table), seed=seed, batch_size=batch, progress=False)
+        ttg[method].append(trials_to_good(res.costs, best))
+        curves[method].append(res.costs)
+    # Transfer: loop-nest features; the model is pre-trained on the other apps' measurements.
+    tr = {}
+    others = [a for a in apps_ if a != app]
+    for transfer in (False, True):
+      tr[transfer] = []
+      prior = None
+      if transfer and others:
+        f, c, g = [], [], []
+        for gi, o in enumerate(others):
+          t_o = _universe_task(o, size, tables[o], loop_nest=True)
+          for k, v in tables[o].items():
+            f.append(t_o.feature_fn(json.loads(k)))
+            c.append(v)
+            g.append(gi)
+        prior = Prior(np.asarray(f, np.float32), np.asarray(c), np.asarray(g))
+      for seed in range(seeds):
+        with tempfile.TemporaryDirectory() as d:
+          res = tune(_universe_task(app, size, table, loop_nest=True), trials=budget,
+                     method="xgb", db=f"{d}/t.sqlite", target="bench",
+                     measurer=TableMeasurer(table), seed=seed, batch_size=batch, progress=False,
+                     tuner_kwargs={"prior": prior, "num_chains": 32, "host_steps": 30})
+        tr[transfer].append(trials_to_good(res.costs, best))
+    rows.append((app, len(table), n_ok, best, ttg, tr))
+    curves_all[app] = (curves, best)
+
+  print(f"\nPipeline schedules, XLA backend on this CPU, {size}x{size} float32; universe = every "
+        f"valid schedule of the app's space (harris: narrowed, see PIPELINE_SPACES), each "
+        f"measured for real; trials to within 5% of the universe's best (median over {seeds} "
+        f"seeds; budget min({trials}, universe); inf = not reached):")
+  head = "".join(f"{m:>9}" for m in methods)
+  print(f"  {'app':16}{'configs':>8}{'best ms':>9}{head}{'xgb-LN':>9}{'+transfer':>10}")
+  for app, n, _, best, ttg, tr in rows:
+    cells = "".join(f"{np.median(ttg[m]):>9}" for m in methods)
+    print(f"  {app:16}{n:>8}{best * 1e3:>9.2f}{cells}{np.median(tr[False]):>9}"
+          f"{np.median(tr[True]):>10}")
+  for app, n, n_ok, _, ttg, tr in rows:
+    print(f"  {app}: per seed {ttg}; loop-nest xgb {tr[False]} -> with transfer {tr[True]}; "
+          f"{n - n_ok} of {n} failed/timed out")
+  if plot:
+    from jaxsched.tuning.plot import plot_tuning_curves
+
+    for app, (curves, best) in curves_all.items():
+      path = plot.replace(".png", f"_{app}.png")
+      plot_tuning_curves(curves, path, title=f"{app} {size}x{size} (XLA, CPU)", reference=best)
+      print(f"wrote {path}")
+  return rows
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--seeds", type=int, default=3)
@@ -223,7 +398,27 @@ def main() -> None:
   ap.add_argument("--real", action="store_true", help="also tune a real blocked matmul")
   ap.add_argument("--descriptor", action="store_true",
                   help="add log2(problem size) to the synthetic family's features")
+  ap.add_argument("--pipelines", action="store_true",
+                  help="tune the XLA schedules of real pipeline apps instead (see --apps)")
+  ap.add_argument("--apps", default="blur,harris,local_laplacian")
+  ap.add_argument("--size", type=int, default=2048, help="pipelines: image side")
+  ap.add_argument("--universe", type=int, default=96,
+                  help="pipelines: measured valid schedules per app (all if fewer)")
+  ap.add_argument("--repeats", type=int, default=3, help="pipelines: timed runs per schedule")
+  ap.add_argument("--timeout", type=float, default=60.0, help="pipelines: seconds per schedule")
+  ap.add_argument("--cache", default=None,
+                  help="pipelines: JSON file caching the measured tables across runs")
+  ap.add_argument("--no-throughput", action="store_true")
   args = ap.parse_args()
+  if args.pipelines:
+    if not args.no_throughput:
+      tp = bench_throughput()
+      print(f"MLP predictions/s (jitted vmap): {tp['mlp_pred_per_s_device']:.3g}; "
+            f"SA 128 chains x 500 steps: {tp['sa_128x500_s'] * 1e3:.1f} ms")
+    bench_pipelines(args.apps.split(","), args.size, args.universe, args.methods.split(","),
+                    args.seeds, args.trials, args.batch, repeats=args.repeats,
+                    timeout=args.timeout, cache=args.cache, plot=args.plot)
+    return
   global DESCRIPTOR
   DESCRIPTOR = args.descriptor
 

@@ -1,8 +1,12 @@
 """Shared test configuration."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Hermetic tuning lookups: kernels' config=None and schedule lookups consult the tuning
+# database, which must never be the user's own.
+os.environ["JAXSCHED_TUNING_DB"] = os.path.join(tempfile.mkdtemp(), "tuning.db")
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -287,9 +287,11 @@ def lookup_config(
 ) -> Any:
   """The config to use when a kernel is called with ``config=None``.
 
-  Looks up the tuned table (``tuned_configs.json``, keyed by target kind, operand shapes, dtype
-  and op params); a missing entry, or one that breaks a rule of ``target``, falls back to
-  :func:`default_config`.
+  Order: the fastest record of the tuning database (``jaxsched.tuning``; path from
+  ``$JAXSCHED_TUNING_DB`` or the user cache dir) for this op, shapes, dtype, params and device
+  kind; then the tuned table (``tuned_configs.json``, keyed by target kind, operand shapes, dtype
+  and op params); then :func:`default_config`. A database or table entry that no longer builds,
+  or breaks a rule of ``target``, is skipped.
   """
   spec = _get_op(op)
   shapes = _norm_shapes(shapes)
@@ -297,12 +299,48 @@ def lookup_config(
   params = spec.validate(shapes, dtype_name, **params)
   tgt = _target_key(target)
   pkey = _params_key(params)
-  fields = _tuned_table().get((op, tgt.kind, shapes, dtype_name, pkey))
-  if fields is not None:
-    cfg = spec.config_cls(**fields)
+  for fields in (
+    _db_best(op, shapes, dtype_name, tgt, params),
+    _tuned_table().get((op, tgt.kind, shapes, dtype_name, pkey)),
+  ):
+    if fields is None:
+      continue
+    try:
+      cfg = spec.config_cls(**fields)
+    except (TypeError, ValueError):  # Recorded under an older config class.
+      continue
     if spec.check(cfg, shapes, dtype_name, tgt, hard_only=False, **params) is None:
       return cfg
   return _default_config(op, shapes, dtype_name, tgt, pkey)
+
+
+def db_target(target: str | _targets.Target | None = None) -> str:
+  """The device-kind string the tuning database stores ``target``'s records under.
+
+  Accelerators: ``"<kind>:<device>"`` (e.g. ``"gpu:NVIDIA H100 80GB HBM3"``), which is what
+  ``jaxsched.tuning.current_target()`` reports on that device; the local CPU: its model name.
+  """
+  tgt = _targets.resolve_target(target)
+  if tgt.kind == "cpu":
+    from jaxsched.tuning.database import current_target
+
+    return current_target()
+  return f"{tgt.kind}:{tgt.device}"
+
+
+def db_workload(op: str, shapes: Shapes, dtype: str, **params: Any) -> dict[str, Any]:
+  """The ``workload_key`` arguments (without ``op``) kernel records are stored under."""
+  return {"shapes": [list(s) for s in shapes], "dtypes": [dtype], **params}
+
+
+def _db_best(
+  op: str, shapes: Shapes, dtype: str, target: _targets.Target, params: dict[str, Any]
+) -> dict[str, Any] | None:
+  # Imported here: the database module is light (sqlite, no jax), and pallas must not import
+  # the tuner at module level.
+  from jaxsched.tuning.database import lookup_best_config
+
+  return lookup_best_config(op, db_workload(op, shapes, dtype, **params), db_target(target))
 
 
 def resolve_config(

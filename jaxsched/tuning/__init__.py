@@ -50,6 +50,14 @@ _EXPORTS = {
   "tune": "search",
   # plot
   "plot_tuning_curves": "plot",
+  # pipeline schedules
+  "PipelineSpace": "pipeline_space",
+  "apply_schedule": "pipeline_space",
+  "make_tuned": "pipeline_space",
+  "schedule_space": "pipeline_space",
+  "pipeline_task": "pipeline_space",
+  "pipeline_workload": "pipeline_space",
+  "tuned_schedule": "pipeline_space",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -679,7 +679,8 @@ def tune(
   if trials < 1 or batch_size < 1:
     raise ValueError(f"{trials=} and {batch_size=} must be >= 1")
   space = task.space
-  task.space.sample(np.random.default_rng(seed), 1)  # Raises if nothing in the space is valid.
+  # Raises if nothing in the space is valid (sparse spaces, e.g. schedules, need many draws).
+  task.space.sample(np.random.default_rng(seed), 1, max_tries=5000)
   database = dbm.as_database(db)
   target = target or dbm.current_target()
   kwargs = dict(tuner_kwargs or {})
