@@ -5,6 +5,11 @@ jaxsched's default schedule and the best of its named schedules, Halide with a m
 and with the Mullapudi2016 and Adams2019 autoschedulers (pip ``halide``), plain jitted jnp and
 OpenCV where it has a counterpart. Prints median ms and the ratio to Halide's best.
 
+All candidates of an app run interleaved (one call of each per round, ``--reps`` rounds), so a
+burst of load from other processes hits them alike; the ratio uses medians of the same rounds.
+Also printed: the fastest round (closest to an idle machine), the median process CPU time per
+call, and the load average.
+
   JAX_PLATFORMS=cpu python bench/pipelines.py [--size 2048] [--reps 10] [--apps blur harris]
 """
 
@@ -42,6 +47,29 @@ def timeit(fn: Callable[[], object], reps: int) -> float:
     jax.block_until_ready(fn())
     ts.append(time.perf_counter() - t)
   return float(np.median(ts) * 1e3)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, dict[str, float]]:
+  """Per candidate: median and min wall ms, median CPU ms, over ``reps`` interleaved rounds."""
+  for fn in fns.values():  # warm-up (compilation) and a second call for caches
+    jax.block_until_ready(fn())
+    jax.block_until_ready(fn())
+  wall: dict[str, list[float]] = {k: [] for k in fns}
+  cpu: dict[str, list[float]] = {k: [] for k in fns}
+  for _ in range(reps):
+    for k, fn in fns.items():
+      t, c = time.perf_counter(), time.process_time()
+      jax.block_until_ready(fn())
+      wall[k].append((time.perf_counter() - t) * 1e3)
+      cpu[k].append((time.process_time() - c) * 1e3)
+  return {
+    k: {
+      "median": float(np.median(wall[k])),
+      "min": float(np.min(wall[k])),
+      "cpu": float(np.median(cpu[k])),
+    }
+    for k in fns
+  }
 
 
 # ----------------------------------------------------------------------------- plain jnp
@@ -213,7 +241,8 @@ def halide_app(hl, name: str):
   raise ValueError(f"no Halide version of {name!r}")
 
 
-def halide_times(hl, name: str, data: np.ndarray, reps: int) -> dict[str, float]:
+def halide_fns(hl, name: str, data: np.ndarray) -> dict[str, Callable[[], object]]:
+  """Compiled Halide pipelines (manual and autoscheduled) as zero-argument callables."""
   h, w = data.shape
   target = hl.get_jit_target_from_environment()
   out_dtype = np.uint8 if name == "histogram_equalize" else np.float32
@@ -231,7 +260,7 @@ def halide_times(hl, name: str, data: np.ndarray, reps: int) -> dict[str, float]
       p.compile_jit(target)
       inp.set(hl.Buffer(data))
       buf = hl.Buffer(np.empty((h, w), out_dtype))
-      res[f"halide {sched}"] = timeit(lambda p=p, buf=buf: p.realize(buf), reps)
+      res[f"halide {sched}"] = lambda p=p, buf=buf: p.realize(buf)
     except Exception as e:  # report and go on: one failing scheduler must not stop the run
       print(f"  halide {sched} failed for {name}: {str(e).splitlines()[0][:100]}")
   return res
@@ -271,28 +300,48 @@ def run(size: int, reps: int, names: list[str]) -> list[dict]:
     else:
       data = rng.random((size, size), dtype=np.float32)
     x = jnp.asarray(data)
-    times: dict[str, float] = {}
+    fns: dict[str, Callable[[], object]] = {}
     app = apps.get_app(name)
     for sched in app.schedules["xla"]:
       fn = apps.make(name, sched).compile()
-      times[f"jaxsched {sched}"] = timeit(lambda fn=fn, x=x: fn(x), reps)
+      fns[f"jaxsched {sched}"] = lambda fn=fn, x=x: fn(x)
     if name in JNP:
       jf = jax.jit(JNP[name])
-      times["plain jnp"] = timeit(lambda jf=jf, x=x: jf(x), reps)
+      fns["plain jnp"] = lambda jf=jf, x=x: jf(x)
     if hl is not None and name in HALIDE_APPS:
-      times.update(halide_times(hl, name, data, reps))
+      fns.update(halide_fns(hl, name, data))
     cv = opencv_fn(name, data)
     if cv is not None:
-      times["opencv"] = timeit(cv, reps)
+      fns["opencv"] = cv
+    load0 = os.getloadavg()[0]
+    stats = interleaved(fns, reps)
+    load1 = os.getloadavg()[0]
+    times = {k: v["median"] for k, v in stats.items()}
     default = f"jaxsched {app.default['xla']}"
     best_js = min((k for k in times if k.startswith("jaxsched")), key=times.get)
     hal = {k: v for k, v in times.items() if k.startswith("halide")}
     best_hl = min(hal.values()) if hal else float("nan")
-    print(f"\n{name} ({size}x{size}); default = {default}, best jaxsched = {best_js}")
-    for k, v in sorted(times.items(), key=lambda kv: kv[1]):
-      print(f"  {k:28s} {v:9.2f} ms   {v / best_hl:6.2f}x Halide best")
+    hal_min = min((v["min"] for k, v in stats.items() if k.startswith("halide")), default=np.nan)
+    print(
+      f"\n{name} ({size}x{size}, {reps} interleaved rounds, load {load0:.1f}->{load1:.1f}); "
+      f"default = {default}, best jaxsched = {best_js}"
+    )
+    print(f"  {'':28s} {'median':>9s}  {'ratio':>7s} {'min':>9s}  {'ratio':>7s} {'cpu':>9s}")
+    for k, v in sorted(stats.items(), key=lambda kv: kv[1]["median"]):
+      print(
+        f"  {k:28s} {v['median']:9.2f}  {v['median'] / best_hl:6.2f}x {v['min']:9.2f}  "
+        f"{v['min'] / hal_min:6.2f}x {v['cpu']:9.2f}"
+      )
     rows.append(
-      {"app": name, "times": times, "default": default, "best": best_js, "halide_best": best_hl}
+      {
+        "app": name,
+        "times": times,
+        "stats": stats,
+        "default": default,
+        "best": best_js,
+        "halide_best": best_hl,
+        "load": (load0, load1),
+      }
     )
   return rows
 

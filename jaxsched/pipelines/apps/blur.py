@@ -71,8 +71,9 @@ APP = App(
       "sliding": sliding,
     }
   },
-  # 2048^2 f32 on the shared 2-core CPU, min of 5: inline ~2.8-8 ms, root ~3.5-11 ms, sliding
-  # ~15-55 ms, tiled ~50-130 ms (XLA while loops run their bodies single-threaded).
+  # 2048^2 f32 on the shared 2-core CPU (load 3-4), medians of 15 interleaved rounds (bench/
+  # pipelines.py): inline 3.4-7 ms (min 3.4; Halide manual 3.1), root ~4-15 ms, tiled/strips/
+  # sliding 25-45 ms (XLA while loops run small single-threaded bodies).
   default={"xla": "inline"},
   description="3x3 separable box blur, repeat_edge boundary",
 )

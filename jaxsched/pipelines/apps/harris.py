@@ -130,9 +130,10 @@ APP = App(
       "sliding": sliding,
     }
   },
-  # 2048^2 f32 on the shared 2-core CPU (load ~6), min of 5: inline ~25 ms, sliding ~43 ms,
-  # root ~63 ms, tiled ~44-95 ms; plain jnp ~155 ms. XLA fuses the whole inline nest into one
-  # loop over interior slices, which beats materialising the gradients on this machine.
+  # 2048^2 f32 on the shared 2-core CPU (load ~4), medians of 15 interleaved rounds: inline
+  # ~10-20 ms (1.4-1.7x Halide's best), root/root_all ~30 ms, sliding ~36 ms, tiled 48-63 ms;
+  # plain jnp ~72 ms. XLA fuses the whole inline nest into one loop over interior slices
+  # (recomputing the gradients 9x, ~200 flops a pixel), which still beats materialising them.
   default={"xla": "inline"},
   description="Harris corner response (grayscale, repeat_edge boundary)",
 )

@@ -55,6 +55,8 @@ APP = App(
   name="histogram_equalize",
   build=build,
   schedules={"xla": {"default": default, "tiled": tiled}},
+  # 2048^2 uint8, shared 2-core CPU, medians of 15 interleaved rounds: 5-6 ms, 0.65-0.94x
+  # Halide's best (the scatter reads the uint8 image as its indices; see docs/pipelines.md).
   default={"xla": "default"},
   description="histogram equalisation (RDom scatter-add histogram, prefix-scan cdf)",
 )
