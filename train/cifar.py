@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Sequence
 
 from train.configs.cifar import MODEL_DEFAULTS, get_cifar_config
-from train.mnist import COMMON, add_common_flags, overrides, run
+from train.mnist import COMMON, add_common_flags, overrides, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   add_common_flags(parser)
   args = parser.parse_args(argv)
   config = get_cifar_config(args.model, **overrides(args, (*COMMON, "wrn_depth", "wrn_k")))
-  return run(config, args.workdir, args.distributed)
+  return run_cli(parser, args, config, "cifar")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=int)
   parser.add_argument("--lr", type=float)
   parser.add_argument("--seed", type=int)
-  parser.add_argument("--workdir", required=True, help="logs, checkpoints and report.json")
+  parser.add_argument(
+    "--workdir", help="logs, checkpoints and report.json (default: runs/<dataset>-<model>)"
+  )
   parser.add_argument("--teacher", metavar="CKPT", help="workdir of a trained teacher run")
   parser.add_argument("--temperature", type=float, help="distillation temperature T")
   parser.add_argument("--alpha", type=float, help="weight of the soft-target loss")
@@ -83,6 +85,17 @@ def run(config, workdir: str, distributed: bool) -> dict:
   return report
 
 
+def run_cli(parser: argparse.ArgumentParser, args: argparse.Namespace, config, dataset: str):
+  """Runs a driver: missing or corrupt data ends with the loader's message, not a traceback."""
+  from train.data import DataError
+
+  workdir = args.workdir or f"runs/{dataset}-{args.model}"
+  try:
+    return run(config, workdir, args.distributed)
+  except DataError as e:
+    parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(prog="python -m train.mnist", description=__doc__)
   parser.add_argument("--model", choices=sorted(MODEL_DEFAULTS), default="hyper")
@@ -90,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   add_common_flags(parser)
   args = parser.parse_args(argv)
   config = get_mnist_config(args.model, **overrides(args, COMMON))
-  return run(config, args.workdir, args.distributed)
+  return run_cli(parser, args, config, "mnist")
 
 
 if __name__ == "__main__":

@@ -131,13 +131,6 @@ def test_cifar_one_epoch(cifar_dir, tmp_path):
   assert (tmp_path / "report.json").is_file()
 
 
-def test_missing_cifar_dir_gets_the_loaders_error(tmp_path):
-  from train import cifar
-
-  with pytest.raises(FileNotFoundError, match="does not exist"):
-    cifar.main(["--data-dir", str(tmp_path / "nope"), "--workdir", str(tmp_path / "w")])
-
-
 def test_distilled_and_pruned_student(mnist_dir, one_epoch, tmp_path):
   teacher_dir = one_epoch[0]
   report = mnist_main.main(
@@ -163,3 +156,15 @@ def test_four_devices_give_the_one_device_loss(four_devices, one_epoch):
   np.testing.assert_allclose(four["train_loss"], one["train_loss"], rtol=1e-4)
   np.testing.assert_allclose(four["test_loss"], one["test_loss"], rtol=1e-4)
   assert four["test_errors"] == one["test_errors"]
+
+
+def test_cifar_cli_missing_data_exits_with_the_loaders_message(tmp_path, capsys):
+  from train import cifar
+
+  with pytest.raises(SystemExit) as info:
+    cifar.main(["--model", "wrn", "--data-dir", str(tmp_path / "nope"),
+                "--workdir", str(tmp_path / "run")])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert "python -m train.cifar: error:" in err
+  assert "data_batch_1" in err and "--data-dir" in err and str(tmp_path / "nope") in err
