@@ -8,7 +8,7 @@ else the local backend). :func:`search_space` enumerates the valid configs of an
 problem on a target; the tuner consumes exactly that.
 """
 
-from jaxsched.pallas import config, targets
+from jaxsched.pallas import config, pipeline_backend, targets  # pipeline_backend: backend "pallas"
 from jaxsched.pallas.config import default_config, lookup_config, search_space
 from jaxsched.pallas.depthwise_conv import (
   DepthwiseConvConfig,
@@ -28,6 +28,7 @@ __all__ = [
   "lookup_config",
   "matmul",
   "matmul_reference",
+  "pipeline_backend",
   "pointwise_conv",
   "pointwise_conv_reference",
   "search_space",

@@ -27,13 +27,18 @@ def register_backend(name: str, fn: BackendFn, *, overwrite: bool = False) -> No
   _BACKENDS[name] = fn
 
 
+# Backends living in other subpackages register themselves on import (the IR never imports them).
+_PROVIDERS = {"pallas": "jaxsched.pallas"}
+
+
 def get_backend(name: str) -> BackendFn:
   """The backend called ``name``; unknown names list the registered ones."""
   try:
     return _BACKENDS[name]
   except KeyError:
+    hint = f" (import {_PROVIDERS[name]} to register it)" if name in _PROVIDERS else ""
     raise ValueError(
-      f"unknown backend {name!r}; registered backends: {sorted(_BACKENDS)}"
+      f"unknown backend {name!r}{hint}; registered backends: {sorted(_BACKENDS)}"
     ) from None
 
 
