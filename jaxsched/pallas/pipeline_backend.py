@@ -22,7 +22,8 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   (block + halo, rounded to (8, 128)) is DMA'd into VMEM scratch once per grid step; producers
   are evaluated once over that window and every shifted tap is a ``pltpu.roll`` of a VMEM value,
   so no unaligned slice is ever taken. A sliding window (``store_at`` an outer loop) is computed
-  as overlapped tiling at the block level: same results, more recompute.
+  as overlapped tiling at the block level: same results, more recompute; :func:`describe` says so
+  for each such producer.
 * Inputs are edge-extended once (XLA ``pad`` before the kernel) so that reads clamped to a
   buffer's edges (``boundary.repeat_edge``) become plain shifted loads, and blocks may run past
   the image: image sizes that are not a multiple of the block are padded, and the padding is
@@ -765,6 +766,14 @@ def _report(lows, kind: str) -> PallasReport:
     detail = f"{tile}, block {k.block}, grid {grid}"
     if kids:
       detail += f", computes {kids} per block + halo"
+    # store_at an outer loop (Halide's sliding window): no carried scratch window yet, so the
+    # kernel recomputes the overlap per block. Say so rather than pretend the reuse happens.
+    slid = [c.func.name for c in (fp.group.children if fp.group else []) if c.mode != "tile"]
+    if slid:
+      detail += (
+        f"; sliding window (store_at) of {slid} computed as overlapped tiling: no reuse "
+        "across blocks (a carried-scratch sliding window is not implemented)"
+      )
     rep.append(FuncReport(fp.func.name, "pallas", detail))
   return PallasReport(kind, rep)
 

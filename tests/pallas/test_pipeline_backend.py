@@ -283,3 +283,55 @@ def test_unregistered_pallas_backend_says_what_to_import(monkeypatch):
   monkeypatch.delitem(backends._BACKENDS, "pallas")
   with pytest.raises(ValueError, match=r"import jaxsched\.pallas to register it"):
     apps.make("blur").compile("pallas")
+
+
+# Sliding window: store_at(out, yo) + compute_at(out, yi). Lowered as overlapped tiling (no
+# carried scratch yet): results must still be exact, and describe() must say so.
+
+
+def _sliding(ty, tx):
+  def sched(g):
+    v = g.vars
+    by, bx = g.funcs["blur_y"], g.funcs["blur_x"]
+    if tx is None:  # a true slide: only y is split, so the window slides down yo
+      by.split(v["y"], v["yo"], v["yi"], ty)
+    else:
+      by.tile(v["x"], v["y"], v["xo"], v["yo"], v["xi"], v["yi"], tx, ty)
+    bx.store_at(by, v["yo"]).compute_at(by, v["yi"])
+
+  return sched
+
+
+@pytest.mark.parametrize(
+  "kind,ty,tx,shape",
+  [("gpu", 8, None, (37, 16)), ("gpu", 8, 32, (21, 45)), ("tpu", 8, 128, (19, 130))],
+)
+def test_sliding_window_blur_equals_numpy_and_xla(kind, ty, tx, shape):
+  a = _image(shape, seed=21)
+  g = _blur_graph(_sliding(ty, tx))
+  out = np.asarray(g.compile("pallas", target=kind, interpret=True)(a))
+  np.testing.assert_allclose(out, _blur_np(a), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, np.asarray(g.compile("xla")(a)), rtol=1e-5, atol=1e-6)
+  rep = pb.describe(g.pipeline, shape, target=kind)
+  line = str(rep.funcs[-1])
+  assert "sliding window" in line and "blur_x" in line and "overlapped tiling" in line
+
+
+def test_sliding_window_interpret_params_matches_numpy():
+  a = _image((13, 140), seed=22)
+  g = _blur_graph(_sliding(8, 128))
+  out = np.asarray(g.compile("pallas", interpret=pltpu.InterpretParams())(a))
+  np.testing.assert_allclose(out, _blur_np(a), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tgt", ["h100", "tpu-v5e"])
+@pytest.mark.parametrize("ty,tx", [(16, 128), (8, 128)])
+def test_sliding_window_compiles_deviceless(tgt, ty, tx):
+  if tgt not in targets.available_targets():
+    pytest.skip(f"compiler plugin for {tgt} not installed")
+  g = _blur_graph(_sliding(ty, tx))
+  kind = targets.get_target(tgt).kind
+  fn = g.compile("pallas", target=kind)
+  spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
+  text = targets.compile_for(lambda a: fn(a), spec, target=tgt).as_text()
+  assert ("triton" in text.lower()) if kind == "gpu" else ("tpu_custom_call" in text)
