@@ -1,13 +1,11 @@
 """Halide (pip) as an oracle: blur, harris and histogram equalisation on the same inputs."""
 
+import halide as hl  # a test dependency: a missing install fails loudly, never skips
 import numpy as np
 import pytest
 
+from bench.pipelines import halide_app  # the Halide versions of the apps
 from jaxsched.pipelines import apps
-
-hl = pytest.importorskip("halide")
-
-from bench.pipelines import halide_app  # noqa: E402  (the Halide versions of the apps)
 
 
 def _halide_realize(name, data):

@@ -38,7 +38,9 @@ def test_isolated_worker_records_failures_and_continues():
   assert all(r.median is not None and r.median < 0.1 for r in results if r.ok)
   assert [r.cost == float("inf") for r in results] == [not r.ok for r in results]
   assert started == 3  # One worker, replaced after the hang and after the crash.
-  assert elapsed < 20
+  # Three worker starts (each imports jaxsched) plus one 1.5 s hang: generous for a loaded
+  # 2-core CI machine, still far below the 3600 s the hanging candidate would take.
+  assert elapsed < 90
 
 
 def test_in_process_mode_and_bad_arguments():
