@@ -30,6 +30,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seed", type=int, default=0, help="seed of the XOR tap layout")
   p.add_argument("--min-size", type=int, default=4096, help="smaller weights stay dense")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--tile-k", type=int, default=None,
+                 help="rows per VD stream (default: the library default, shrunk to fit short "
+                      "matrices, a multiple of 8)")
+  p.add_argument("--tile-n", type=int, default=None,
+                 help="columns per value tile (default: 128, or the next power of two >= N "
+                      "for narrow matrices)")
   p.add_argument("--out", default=None, help="write the compressed weights to this .npz")
 
 
@@ -56,6 +62,7 @@ def _run(args: argparse.Namespace) -> int:
   import numpy as np
 
   from jaxsched import sparse
+  from jaxsched.sparse._prune import _default_tile_k
 
   if not 0.0 < args.sparsity < 1.0:
     raise SystemExit(f"jaxsched prune: --sparsity={args.sparsity} must be in (0, 1)")
@@ -76,7 +83,11 @@ def _run(args: argparse.Namespace) -> int:
     if w.ndim < 2 or not np.issubdtype(w.dtype, np.floating) or w.size < args.min_size:
       continue
     w2 = w.reshape(-1, w.shape[-1])  # conv kernels in im2col layout
-    m = sparse.viterbi_prune(w2, vd=vd, sparsity=args.sparsity)
+    k, n = w2.shape
+    # Padding a short or narrow matrix up to a whole tile costs index bits for nothing.
+    tile_k = args.tile_k or min(_default_tile_k(vd.outputs_per_bit), -(-k // 8) * 8)
+    tile_n = args.tile_n or min(128, 1 << max(n - 1, 7).bit_length())
+    m = sparse.viterbi_prune(w2, vd=vd, sparsity=args.sparsity, tile_k=tile_k, tile_n=tile_n)
     rep = sparse.index_cost_report(m)
     stats = m.stats
     rows.append((name, w.shape, stats, rep))

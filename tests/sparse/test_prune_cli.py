@@ -43,8 +43,8 @@ def test_prune_reports_index_costs_and_saves_compressed_weights(tmp_path, capsys
                                                                "params/conv/kernel"))
   csr_bits = 32 * nnz + 32 * (96 + 1) + 32 * (72 + 1)
   assert csr_bpn == pytest.approx(csr_bits / nnz, abs=0.01)
-  # Small matrices pay for tile padding; bench/sparse.py measures the 1024^2 ratios (<= 15%).
-  assert viterbi_bpn < 0.3 * csr_bpn
+  # Tiles are fitted to small matrices, so the paper's <= 15% of CSR holds even here.
+  assert viterbi_bpn < 0.15 * csr_bpn
 
 
 def test_prune_errors_name_the_problem(tmp_path):
