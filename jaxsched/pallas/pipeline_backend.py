@@ -840,30 +840,13 @@ def execute(
     for img, arr in zip(p.images, images, strict=True):
       bufs[id(img)] = (arr, [0] * arr.ndim)
     for fp, k in lows:
-      f = fp.func
       mins = [m for m, _ in fp.region]
-      exts = tuple(e for _, e in fp.region)
       if not isinstance(k, str):
         arr = _run_kernel(k, bufs, params, kind, interpret, num_warps)
-      elif f.extern is not None:
-        ins = [bufs[id(i)][0] for i in f.extern.inputs]
-        arr = jnp.asarray(f.extern.fn(*ins, tuple(mins), exts))
-        if arr.shape != exts:
-          raise ValueError(f"extern Func {f.name} returned shape {arr.shape}, expected {exts}")
-        arr = arr.astype(f.dtype)
-      elif fp.group is not None:
-        arr = _xla._run_group(p, fp, bufs, params)
-      else:
-        arr = _xla._eval_pure(fp, mins, exts, bufs, params)
-        arr = _xla._eval_updates(fp, arr, mins, bufs, params)
-      bufs[id(f)] = (arr, mins)
-    outs = []
-    for o in p.outputs:
-      arr, mins = bufs[id(o)]
-      shp = p.out_shapes[id(o)]
-      sl = tuple(slice(-m, -m + s) for m, s in zip(mins, shp, strict=True))
-      outs.append(arr[sl] if any(m != 0 for m in mins) or arr.shape != shp else arr)
-    return outs
+      else:  # no kernel for this Func: the XLA backend evaluates it
+        arr = _xla.eval_root(p, fp, bufs, params)
+      bufs[id(fp.func)] = (arr, mins)
+    return _xla.collect_outputs(p, bufs)
   finally:
     _xla._INTERNER.pop()
 

@@ -787,22 +787,37 @@ def _execute(p: L.Plan, images, params) -> list[jax.Array]:
       continue
     f = fp.func
     mins = [m for m, _ in fp.region]
-    exts = tuple(e for _, e in fp.region)
-    if f.extern is not None:
-      ins = [bufs[id(i)][0] for i in f.extern.inputs]
-      arr = jnp.asarray(f.extern.fn(*ins, tuple(mins), exts))
-      if arr.shape != exts:
-        raise ValueError(f"extern Func {f.name} returned shape {arr.shape}, expected {exts}")
-      arr = arr.astype(f.dtype)
-    elif fp.group is not None:
-      arr = _run_group(p, fp, bufs, params)
-    else:
-      arr = _eval_pure(fp, mins, exts, bufs, params)
-      arr = _eval_updates(fp, arr, mins, bufs, params)
+    arr = eval_root(p, fp, bufs, params)
     if id(f) not in out_ids:
       arr = _barrier(arr)
     bufs[id(f)] = (arr, mins)
     _pad(bufs, pads, id(f), arr, mins)
+  return collect_outputs(p, bufs)
+
+
+def eval_root(p: L.Plan, fp: L.FuncPlan, bufs, params) -> jax.Array:
+  """Evaluates one materialised Func over its region (extern, fused group, or pure + updates).
+
+  Shared with other backends (the Pallas backend runs here whatever it has no kernel for).
+  ``bufs`` maps ``id(func_or_image)`` to ``(array, mins)`` of what is already computed.
+  """
+  f = fp.func
+  mins = [m for m, _ in fp.region]
+  exts = tuple(e for _, e in fp.region)
+  if f.extern is not None:
+    ins = [bufs[id(i)][0] for i in f.extern.inputs]
+    arr = jnp.asarray(f.extern.fn(*ins, tuple(mins), exts))
+    if arr.shape != exts:
+      raise ValueError(f"extern Func {f.name} returned shape {arr.shape}, expected {exts}")
+    return arr.astype(f.dtype)
+  if fp.group is not None:
+    return _run_group(p, fp, bufs, params)
+  arr = _eval_pure(fp, mins, exts, bufs, params)
+  return _eval_updates(fp, arr, mins, bufs, params)
+
+
+def collect_outputs(p: L.Plan, bufs) -> list[jax.Array]:
+  """The outputs over ``[0, output_shape)``, sliced out of their computed regions."""
   outs = []
   for o in p.outputs:
     arr, mins = bufs[id(o)]
