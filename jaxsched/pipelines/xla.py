@@ -540,10 +540,11 @@ def _interior(fp: L.FuncPlan, mins: list[int], exts: tuple[int, ...]) -> list[tu
   return inter
 
 
-# Lowering switches, kept for A/B measurements (bench/pipelines.py, docs/pipelines.md):
-# peeled regions written in place into a scratch buffer instead of padding the core, and float
-# division by a constant as a multiply by its reciprocal (what Halide emits).
-_CORE_IN_PLACE = True
+# Lowering switches, kept for A/B measurements (bench/pipelines.py, docs/pipelines.md): how a
+# peeled region's core is assembled ("auto", True: in place into a scratch buffer, False: padded;
+# see _core_in_place), and float division by a constant as a multiply by its reciprocal (what
+# Halide emits).
+_CORE_IN_PLACE: bool | str = "auto"
 _RECIP_DIV = True
 
 
@@ -553,6 +554,31 @@ def _fill_value(dtype: np.dtype) -> Any:
   in-place writer. Every element is overwritten, so the value never shows."""
   k = next(_INTERNER[-1].fills) if _INTERNER else 0
   return bool(k % 2) if np.dtype(dtype) == np.bool_ else k % 100
+
+
+def _core_in_place(fp: L.FuncPlan) -> bool:
+  """Whether a peeled core is written in place into a scratch buffer rather than padded.
+
+  XLA CPU turns a pad of the core into one pad fusion that it splits across cores, with a
+  bounds check per element. When the core reads runtime scalars (Params, loads at constant
+  indices such as the unsharp mask's weights) that fusion is not vectorised and runs 2-3x
+  slower than the core alone, so the core is written in place instead: vectorised, but XLA
+  runs in-place fusions on one thread, and the scratch fill is an extra pass. With only
+  immediate constants the pad fusion is the fastest (blur 2.7 -> 1.2 ms, harris 10.7 -> 6.6 ms
+  in one A/B run on 2 cores; docs/pipelines.md).
+  """
+  if _CORE_IN_PLACE != "auto":
+    return bool(_CORE_IN_PLACE)
+  for n in ir.walk(fp.stages[0].value):
+    if isinstance(n, ir.Param):
+      return True
+    # A load whose index has no pure var is one value per point (per reduction step, for
+    # reductions unrolled at trace time): a runtime scalar in the fused loop.
+    if isinstance(n, ir.Call) and not any(
+      isinstance(m, ir.Var) for a in n.args for m in ir.walk(a)
+    ):
+      return True
+  return False
 
 
 def _eval_pure(fp: L.FuncPlan, mins: list[Any], exts: tuple[int, ...], bufs, params):
@@ -568,10 +594,7 @@ def _eval_pure(fp: L.FuncPlan, mins: list[Any], exts: tuple[int, ...], bufs, par
   core = _eval_region(
     fp, [lo for lo, _ in inter], tuple(hi - lo + 1 for lo, hi in inter), bufs, params
   )
-  # The core goes in place into a materialised buffer: XLA would turn a pad of it (or a
-  # dynamic_update_slice into plain zeros) into a pad fusion, which its CPU emitter runs several
-  # times slower than the core alone (per-element bounds checks defeat vectorisation).
-  if _CORE_IN_PLACE:
+  if _core_in_place(fp):
     base = _barrier(jnp.full(exts, _fill_value(core.dtype), core.dtype))
     out = lax.dynamic_update_slice(
       base, core, [lo - m for (lo, _), m in zip(inter, mins, strict=True)]
