@@ -472,6 +472,7 @@ def _eval_region(
   params,
   value: ir.Expr | None = None,
   done: frozenset = frozenset(),
+  windows: bool = False,
 ):
   """Evaluate the pure definition over a region. A pure dim scheduled ``unroll`` (with a
   small static extent) is evaluated one index at a time with the var substituted, so selects
@@ -500,9 +501,12 @@ def _eval_region(
       sub_mins[d] = int(mins[d]) + i
       sub_exts = list(exts)
       sub_exts[d] = 1
-      parts.append(_eval_region(fp, sub_mins, tuple(sub_exts), bufs, params, val_i, done | {d}))
+      parts.append(
+        _eval_region(fp, sub_mins, tuple(sub_exts), bufs, params, val_i, done | {d}, windows)
+      )
     return jnp.concatenate(parts, axis=d)
   ctx = _Ctx([v.name for v in f.args], mins, list(exts), bufs, params)
+  ctx.dynamic |= windows  # clamped reads come from the slab's edge-padded windows
   val = jnp.asarray(ctx.ev(value)).astype(f.dtype)
   return jnp.broadcast_to(val, tuple(exts))
 
@@ -545,6 +549,7 @@ def _interior(fp: L.FuncPlan, mins: list[int], exts: tuple[int, ...]) -> list[tu
 # see _core_in_place), and float division by a constant as a multiply by its reciprocal (what
 # Halide emits).
 _CORE_IN_PLACE: bool | str = "auto"
+_SLAB_WINDOWS = True  # border slabs read edge-padded windows (see _slab_windows)
 _RECIP_DIV = True
 
 
@@ -609,10 +614,87 @@ def _eval_pure(fp: L.FuncPlan, mins: list[Any], exts: tuple[int, ...], bufs, par
         continue
       sub = list(box)
       sub[d] = (a, b)
-      arr = _eval_region(fp, [s for s, _ in sub], tuple(t - s + 1 for s, t in sub), bufs, params)
+      sbufs = _slab_windows(fp, sub, bufs)
+      arr = _eval_region(
+        fp,
+        [s for s, _ in sub],
+        tuple(t - s + 1 for s, t in sub),
+        sbufs,
+        params,
+        windows=sbufs is not bufs,
+      )
       out = lax.dynamic_update_slice(out, arr, [s - m for (s, _), m in zip(sub, mins, strict=True)])
     box[d] = (lo, hi)
   return out
+
+
+# A slab's window of a buffer may be this many times the slab's own size before the clamped
+# slices are kept instead (data-dependent or far-reaching reads).
+_WINDOW_FACTOR = 16
+
+
+def _slab_windows(fp: L.FuncPlan, box: list[tuple[int, int]], bufs) -> dict:
+  """``bufs`` plus, per buffer the slab reads clamped to the buffer's bounds, a small edge-padded
+  copy of the window those reads cover (``("pad", id)`` entries, as tile loops use), so the
+  slab is evaluated from plain slices: one small pad and one fusion per slab instead of a
+  slice-and-concatenate per clamped tap (harris had ~80 tiny XLA ops for its borders).
+  Returns ``bufs`` itself when no buffer qualifies."""
+  if not _SLAB_WINDOWS:
+    return bufs
+  f = fp.func
+  env = L._stage_env(
+    fp.stages[0], f, [np.float64(a) for a, _ in box], [np.float64(b) for _, b in box]
+  )
+  need: dict[int, list[list[float]] | None] = {}
+
+  def visit(n: ir.Expr, env):
+    if isinstance(n, ir.Reduce):
+      inner = dict(env)
+      for r in n.rdom.vars:
+        inner[B.key(r)] = B.rdom_interval(r)
+      visit(n.body, inner)
+      return
+    if isinstance(n, ir.Call) and id(n.target) in bufs and need.get(id(n.target), 0) is not None:
+      arr, bmins = bufs[id(n.target)]
+      ivs, clamped = [], False
+      for a, m, sz in zip(n.args, bmins, arr.shape, strict=True):
+        c = _clamp_any(a)
+        if c is not None and (c[1], c[2]) == (m, m + sz - 1):
+          a, clamped = c[0], True
+        lo, hi = B.interval(a, env)
+        ivs.append([float(np.min(lo)), float(np.max(hi))])
+      if clamped:
+        if not all(np.isfinite(v) for iv in ivs for v in iv) or not _is_static(bmins[0]):
+          need[id(n.target)] = None
+        else:
+          cur = need.setdefault(id(n.target), ivs)
+          for c, iv in zip(cur, ivs, strict=True):
+            c[0], c[1] = min(c[0], iv[0]), max(c[1], iv[1])
+    for k in ir.children(n):
+      visit(k, env)
+
+  visit(fp.stages[0].value, env)
+  size = math.prod(b - a + 1 for a, b in box)
+  out = None
+  for key, ivs in need.items():
+    if ivs is None:
+      continue
+    arr, bmins = bufs[key]
+    wlo = [int(np.floor(lo)) for lo, _ in ivs]
+    wext = [int(np.ceil(hi)) - lo + 1 for lo, (_, hi) in zip(wlo, ivs, strict=True)]
+    if math.prod(wext) > _WINDOW_FACTOR * size + 4096:
+      continue
+    win = arr
+    for ax, (lo, ext, m, sz) in enumerate(zip(wlo, wext, bmins, arr.shape, strict=True)):
+      win = _clamped_slice(win, ax, lo - m, ext, 0, sz - 1)
+    out = dict(bufs) if out is None else out
+    out[("pad", key)] = (
+      win,
+      wlo,
+      list(bmins),
+      [m + sz - 1 for m, sz in zip(bmins, arr.shape, strict=True)],
+    )
+  return bufs if out is None else out
 
 
 def _eval_updates(fp: L.FuncPlan, arr, mins: list[int], bufs, params):
@@ -871,7 +953,9 @@ def _run_group(p: L.Plan, fp: L.FuncPlan, bufs, params):
       kp = p.by_func[id(ch.func)]
       if ch.mode == "tile":
         lo = idx(wl, a, b)
-        local[id(ch.func)] = (_eval_pure(kp, lo, ch.win_ext, local, params), lo)
+        # Materialised per tile: unfenced, XLA fuses the producer into its consumer and
+        # recomputes it at every use, with dynamic-slice indexing per element.
+        local[id(ch.func)] = (_barrier(_eval_pure(kp, lo, ch.win_ext, local, params)), lo)
         continue
       slo = idx(sl, a)
       ext = ch.win_ext0 if first else ch.win_ext

@@ -137,16 +137,19 @@ def test_every_app_has_xla_default_and_alternatives():
     assert len(app.schedules["xla"]) >= 2, name
 
 
-@pytest.mark.parametrize("mode", [True, False])
-@pytest.mark.parametrize("name", ["blur", "unsharp"])
-def test_core_assembly_modes_match_numpy(name, mode, monkeypatch):
-  """Peeled cores are padded or written in place depending on what they read (a lowering
-  choice for speed); both assemblies must give the reference result."""
+@pytest.mark.parametrize(
+  "switch,mode", [("_CORE_IN_PLACE", True), ("_CORE_IN_PLACE", False), ("_SLAB_WINDOWS", False)]
+)
+@pytest.mark.parametrize("name", ["blur", "unsharp", "harris"])
+def test_lowering_switches_match_numpy(name, switch, mode, monkeypatch):
+  """Peeled cores are padded or written in place, border slabs read edge-padded windows or
+  clamped slices (lowering choices for speed, kept as switches for A/B runs): every variant
+  must give the reference result."""
   from jaxsched.pipelines import xla
 
-  monkeypatch.setattr(xla, "_CORE_IN_PLACE", mode)
+  monkeypatch.setattr(xla, switch, mode)
   a = _image(37, 45, 11)
   want = _reference(name, a)
-  got = np.asarray(apps.make(name, "inline" if name == "blur" else "root").compile()(a))
+  got = np.asarray(apps.make(name, "root" if name == "unsharp" else "inline").compile()(a))
   err = float(np.abs(got - want).max()) / float(np.abs(want).max())
-  assert err < RTOL[name], f"{name} in_place={mode}: relative error {err}"
+  assert err < RTOL[name], f"{name} {switch}={mode}: relative error {err}"
