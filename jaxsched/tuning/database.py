@@ -203,15 +203,37 @@ class TuningDatabase:
         self.path, timeout=timeout, isolation_level=None, check_same_thread=False
       )
       self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-      self._init_schema()
+      self._init_schema_retrying(timeout)
     except sqlite3.DatabaseError as e:
       if getattr(self, "_conn", None) is not None:
         self._conn.close()
+      if isinstance(e, sqlite3.OperationalError) and "locked" in str(e).lower():
+        raise TuningDatabaseError(
+          f"{str(self.path)!r} stayed locked by another connection for {timeout} s; retry, or "
+          "pass a longer timeout"
+        ) from e
       raise TuningDatabaseError(
         f"{str(self.path)!r} is not a readable jaxsched tuning database ({e}); "
         "move or delete the file, or pass another path"
       ) from e
     self.jaxsched_version, self.jax_version = _versions()
+
+  def _init_schema_retrying(self, timeout: float) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite does not always call the
+    # busy handler for it: two tuners opening a fresh file at once can get "database is
+    # locked" here (seen 2 in 30 with six processes), which is contention, not corruption.
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+      try:
+        self._init_schema()
+        return
+      except sqlite3.OperationalError as e:
+        msg = str(e).lower()
+        if ("locked" not in msg and "busy" not in msg) or time.monotonic() + delay > deadline:
+          raise
+      time.sleep(delay)
+      delay = min(2 * delay, 0.5)
 
   def _init_schema(self) -> None:
     c = self._conn

@@ -133,3 +133,23 @@ def test_two_concurrent_writer_processes(tmp_path):
     assert sorted(r.config["i"] for r in recs) == list(range(300))
   # Generous: each writer imports jax first, and CI runs this on a loaded 2-core machine.
   assert time.time() - start < 55
+
+
+def test_opening_a_file_another_connection_holds_locked_waits_then_errors_clearly(tmp_path):
+  """A file locked by another tuner is contention, not corruption: opening waits for the lock,
+  and a lock held past the timeout gets an error saying so (it used to be reported as "not a
+  readable jaxsched tuning database"). The race this guards against, two processes switching a
+  new file to WAL at once, is exercised by test_two_concurrent_writer_processes."""
+  import sqlite3
+  import threading
+
+  path = tmp_path / "locked.sqlite"
+  other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+  other.execute("BEGIN EXCLUSIVE")
+  with pytest.raises(dbm.TuningDatabaseError, match="locked by another connection"):
+    dbm.TuningDatabase(path, timeout=0.3)
+  threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+  db = dbm.TuningDatabase(path, timeout=20)
+  db.add(workload=WL, target="cpu:x", config={"i": 1}, time=1.0)
+  assert len(db) == 1
+  other.close()
