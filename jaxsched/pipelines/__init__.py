@@ -2,6 +2,8 @@
 
 Algorithms are Funcs over integer coordinates (index order follows array axes: ``f[y, x]``);
 schedules are methods on Funcs; ``Pipeline(outputs).compile(backend="xla")`` runs them.
+``compile(schedule="tuned")`` instead asks a schedule provider (here: the tuning database) for
+an app's schedule per traced shape.
 """
 
 from jaxsched.pipelines import apps, boundary
@@ -44,6 +46,13 @@ from jaxsched.pipelines.ir import reduce_sum as sum  # noqa: A004
 from jaxsched.pipelines.ir import round_ as round  # noqa: A004
 from jaxsched.pipelines.lower import Compute, Loop, LoopNest, Realize
 from jaxsched.pipelines.pipeline import Pipeline
+from jaxsched.pipelines.schedule_providers import (
+  ScheduleChoice,
+  Workload,
+  available_schedule_providers,
+  get_schedule_provider,
+  register_schedule_provider,
+)
 
 
 def _xla_backend(plan, images, params, **options):
@@ -66,12 +75,15 @@ __all__ = [
   "RDom",
   "RVar",
   "Realize",
+  "ScheduleChoice",
   "Var",
+  "Workload",
   "abs",
   "apps",
   "argmax",
   "argmin",
   "available_backends",
+  "available_schedule_providers",
   "boundary",
   "cast",
   "ceil",
@@ -80,6 +92,7 @@ __all__ = [
   "exp",
   "floor",
   "get_backend",
+  "get_schedule_provider",
   "log",
   "logical_and",
   "logical_not",
@@ -91,6 +104,7 @@ __all__ = [
   "pow",
   "product",
   "register_backend",
+  "register_schedule_provider",
   "round",
   "select",
   "sin",

@@ -12,6 +12,7 @@ import numpy as np
 from jaxsched.pipelines import backends as _backends
 from jaxsched.pipelines import ir
 from jaxsched.pipelines import lower as L
+from jaxsched.pipelines import schedule_providers as _providers
 
 
 class Pipeline:
@@ -21,6 +22,11 @@ class Pipeline:
     outputs: a Func or a sequence of Funcs.
     inputs: optional explicit order of the ImageParams (positional arguments of the compiled
       function); by default the order in which the ImageParams were created.
+
+  Attributes:
+    workload: what the pipeline computes, as a
+      :class:`~jaxsched.pipelines.schedule_providers.Workload` ``(app, build_kwargs)``, or
+      ``None``. Apps set it; schedule providers (``compile(schedule="tuned")``) need it.
   """
 
   def __init__(self, outputs: ir.Func | Sequence[ir.Func], inputs: Sequence[Any] | None = None):
@@ -40,6 +46,7 @@ class Pipeline:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
       raise ValueError(f"Pipeline has several Params named {dup}; Param names must be unique")
+    self.workload: _providers.Workload | None = None
 
   # -- shapes and plans
   def _out_shapes(self, output_shape, image_shapes) -> list[tuple[int, ...]]:
@@ -99,18 +106,70 @@ class Pipeline:
     return L.loop_nest(self.plan(output_shape, input_shapes))
 
   # -- execution
-  def compile(self, backend: str = "xla", **options: Any) -> Callable[..., Any]:
+  def compile(
+    self, backend: str = "xla", *, schedule: str | None = None, **options: Any
+  ) -> Callable[..., Any]:
     """``fn(*images, output_shape=None, **params)`` running this pipeline on ``backend``.
 
     The result is jitted (retraced per shape); it composes with ``jax.jit``, ``jax.vmap`` and
     ``jax.grad`` (w.r.t. float images). The schedule is read when a shape is first traced.
+
+    Args:
+      backend: a registered backend (``available_backends()``).
+      schedule: ``None``: the schedule set on the Funcs. A schedule provider's name
+        (``available_schedule_providers()``, e.g. ``"tuned"``: the tuning database's fastest
+        record for these shapes, else the app's default schedule): when a shape is first traced,
+        the provider builds a scheduled copy of this pipeline's :attr:`workload` for the input
+        image shapes and ``backend``, and that copy runs (images matched by position, params by
+        name). Needs ``workload`` (set by ``apps.make``).
+      **options: backend options.
+
+    Returns:
+      The function. Its ``schedules`` attribute maps the traced image shapes (a tuple of shapes,
+      one per image) to what the provider chose, ``{"source": "tuned" | "default" | ...,
+      "schedule": name or None, "config": tuned config or None}``; it stays empty for
+      ``schedule=None``.
+
+    Raises:
+      ValueError: unknown backend or schedule name; ``schedule`` given for a Pipeline without a
+        ``workload``.
     """
     run = _backends.get_backend(backend)
     pnames = {p.name: p for p in self.params}
+    provider = None
+    if schedule is not None:
+      provider = _providers.get_schedule_provider(schedule)
+      if self.workload is None:
+        raise ValueError(
+          f"schedule={schedule!r} needs to know what this Pipeline computes, but its workload is "
+          "None (only Pipelines built by jaxsched.pipelines.apps carry one); use "
+          "apps.make(name).compile(schedule=...), set pipeline.workload = "
+          "Workload(app, build_kwargs) for a registered app, or schedule its Funcs and pass "
+          "schedule=None"
+        )
+    # Provider answers per traced image shapes; also the report behind ``fn.schedules``.
+    choices: dict[tuple[tuple[int, ...], ...], _providers.ScheduleChoice] = {}
+    schedules: dict[tuple[tuple[int, ...], ...], dict[str, Any]] = {}
+
+    def choose(image_shapes: tuple[tuple[int, ...], ...]) -> _providers.ScheduleChoice:
+      if image_shapes not in choices:
+        choice = provider(self.workload, image_shapes=image_shapes, backend=backend)
+        if not isinstance(choice, _providers.ScheduleChoice):
+          raise TypeError(
+            f"schedule provider {schedule!r} returned {type(choice).__name__}, expected a "
+            "ScheduleChoice"
+          )
+        self._check_same_signature(choice.pipeline, schedule)
+        choices[image_shapes] = choice
+        schedules[image_shapes] = choice.info()
+      return choices[image_shapes]
 
     def core(images, params, output_shape):
-      p = self.plan(output_shape, [i.shape for i in images])
-      outs = run(p, list(images), {id(pnames[k]): v for k, v in params.items()}, **options)
+      shapes = tuple(tuple(int(s) for s in i.shape) for i in images)
+      pipe = self if provider is None else choose(shapes).pipeline
+      p = pipe.plan(output_shape, list(shapes))
+      by_name = {q.name: q for q in pipe.params}
+      outs = run(p, list(images), {id(by_name[k]): v for k, v in params.items()}, **options)
       return tuple(outs)
 
     jitted = jax.jit(core, static_argnums=(2,))
@@ -154,7 +213,25 @@ class Pipeline:
       outs = jitted(tuple(arrs), vals, key)
       return outs[0] if len(outs) == 1 else outs
 
+    fn.schedules = schedules
     return fn
+
+  def _check_same_signature(self, other: Pipeline, schedule: str) -> None:
+    """``other`` (a provider's pipeline) takes and returns what this one does."""
+
+    def sig(p: Pipeline):
+      return (
+        [(i.ndim, np.dtype(i.dtype)) for i in p.images],
+        sorted((q.name, np.dtype(q.dtype)) for q in p.params),
+        [(o.ndim, o.name) for o in p.outputs],
+      )
+
+    mine, theirs = sig(self), sig(other)
+    if mine != theirs:
+      raise ValueError(
+        f"schedule provider {schedule!r} returned a pipeline for workload {self.workload} that "
+        f"does not match this one: (images (ndim, dtype), params, outputs) {theirs} vs {mine}"
+      )
 
   def realize(self, output_shape: Any, *images: Any, **params: Any) -> Any:
     """One-off ``compile("xla")(*images, output_shape=output_shape, **params)``."""

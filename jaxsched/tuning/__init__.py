@@ -57,6 +57,7 @@ _EXPORTS = {
   "schedule_space": "pipeline_space",
   "pipeline_task": "pipeline_space",
   "pipeline_workload": "pipeline_space",
+  "tuned_pipeline": "pipeline_space",
   "tuned_schedule": "pipeline_space",
 }
 

@@ -17,7 +17,9 @@ must sit at their canonical value, so no two valid configs compile to the same p
 Apps build a fresh :class:`~jaxsched.pipelines.apps.AppGraph` each time; :func:`apply_schedule`
 schedules one. :func:`pipeline_task` makes the :class:`~jaxsched.tuning.space.Task` that measures
 the jitted XLA pipeline; :func:`tuned_schedule` / :func:`make_tuned` read the tuning database
-(fastest record first, then the app's default schedule).
+(fastest record first, then the app's default schedule). :func:`tuned_pipeline` is the
+``"tuned"`` schedule provider behind ``Pipeline.compile(schedule="tuned")`` (registered when this
+module is imported, which the pipelines package does on first use of that name).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
   "pipeline_task",
   "pipeline_workload",
   "schedule_space",
+  "tuned_pipeline",
   "tuned_schedule",
 ]
 
@@ -551,6 +554,8 @@ def tuned_schedule(app: str, shape: Sequence[int], *, backend: str = "xla",
     with dbm.TuningDatabase(path) as database:
       recs = database.best(workload, target, k=8)
   candidates = [r.config for r in recs]  # Fastest first; later ones if the best is stale.
+  if not candidates:
+    return None  # Also for apps without a schedule space (nothing can be recorded for them).
   ps = _space(app, shape, backend, build_kwargs)
   for config in candidates:
     if ps.why_invalid(config) is None:  # Records of an older space definition are skipped.
@@ -563,15 +568,61 @@ def make_tuned(app: str, shape: Sequence[int], *, backend: str = "xla",
                **build_kwargs: Any) -> Any:
   """A fresh AppGraph of ``app`` with the tuned schedule for ``shape``, else its default one.
 
-  The graph's ``schedule_source`` attribute says which: ``"tuned"`` or ``"default"``.
+  The graph's ``schedule_source`` attribute says which: ``"tuned"`` or ``"default"``;
+  ``schedule_config`` is the tuned config (``None`` for the default schedule).
   """
   from jaxsched.pipelines import apps
 
   config = tuned_schedule(app, shape, backend=backend, db=db, target=target, **build_kwargs)
   if config is None:
     g = apps.make(app, "default", backend=backend, **build_kwargs)
-    g.schedule_source = "default"
+    g.schedule_source, g.schedule_config = "default", None
     return g
   g = _space(app, shape, backend, build_kwargs).build(config)
-  g.schedule_source = "tuned"
+  g.schedule_source, g.schedule_config = "tuned", config
   return g
+
+
+def tuned_pipeline(workload: Any, *, image_shapes: Sequence[Sequence[int]],
+                   backend: str = "xla") -> Any:
+  """The ``"tuned"`` schedule provider (``Pipeline.compile(schedule="tuned")``).
+
+  For backend ``"xla"`` (the only one with records so far): the fastest valid database record
+  of the app at the first image's ``(height, width)`` on this machine (database:
+  ``$JAXSCHED_TUNING_DB``, else :func:`~jaxsched.tuning.database.default_db_path`), else the
+  app's default schedule. Other backends (``"pallas"``): the app's default schedule for them.
+
+  Args:
+    workload: the pipeline's :class:`~jaxsched.pipelines.schedule_providers.Workload`.
+    image_shapes: concrete shapes of the pipeline's input images, in order.
+    backend: the backend the pipeline will run on.
+
+  Returns:
+    A :class:`~jaxsched.pipelines.schedule_providers.ScheduleChoice` with a fresh scheduled
+    Pipeline and ``source`` ``"tuned"`` (with its ``config``) or ``"default"`` (with the
+    default schedule's name).
+  """
+  from jaxsched.pipelines import apps
+  from jaxsched.pipelines.schedule_providers import ScheduleChoice
+
+  app, build_kwargs = workload
+  if not image_shapes:
+    raise ValueError(f"app {app!r}: the tuned schedule is looked up by the input image shape, "
+                     "but the pipeline has no input images")
+  if backend in BACKENDS:
+    g = make_tuned(app, image_shapes[0], backend=backend, **build_kwargs)
+  else:  # No records for this backend: its default schedule.
+    g = apps.make(app, "default", backend=backend, **build_kwargs)
+    g.schedule_source, g.schedule_config = "default", None
+  name = apps.get_app(app).default[backend] if g.schedule_source == "default" else None
+  return ScheduleChoice(g.pipeline, source=g.schedule_source, config=g.schedule_config,
+                        schedule=name)
+
+
+def _register_provider() -> None:
+  from jaxsched.pipelines.schedule_providers import register_schedule_provider
+
+  register_schedule_provider("tuned", tuned_pipeline, overwrite=True)
+
+
+_register_provider()

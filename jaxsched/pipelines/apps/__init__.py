@@ -2,15 +2,19 @@
 
 ``make("harris", schedule="tiled")`` builds fresh Funcs, applies the named schedule for a
 backend and returns an :class:`AppGraph`; ``APPS[name].schedules[backend]`` lists the choices.
+Every build tags its Pipeline with ``pipeline.workload = Workload(app name, build kwargs)``, so
+``make(name).compile(schedule="tuned")`` can ask a schedule provider for a schedule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from jaxsched.pipelines.pipeline import Pipeline
+from jaxsched.pipelines.schedule_providers import Workload
 
 
 @dataclasses.dataclass
@@ -23,9 +27,13 @@ class AppGraph:
   vars: dict[str, Any]
   output_shape: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
 
-  def compile(self, backend: str = "xla", **options: Any) -> Callable[..., Any]:
-    """The compiled pipeline; the output shape defaults to the app's rule."""
-    fn = self.pipeline.compile(backend, **options)
+  def compile(
+    self, backend: str = "xla", *, schedule: str | None = None, **options: Any
+  ) -> Callable[..., Any]:
+    """The compiled pipeline (see ``Pipeline.compile``); the output shape defaults to the app's
+    rule. ``schedule="tuned"`` replaces this graph's schedule by the tuned (else default) one
+    per traced shape."""
+    fn = self.pipeline.compile(backend, schedule=schedule, **options)
     rule = self.output_shape
     if rule is None:
       return fn
@@ -35,6 +43,7 @@ class AppGraph:
         output_shape = rule(tuple(images[0].shape))
       return fn(*images, output_shape=output_shape, **params)
 
+    run.schedules = fn.schedules
     return run
 
 
@@ -58,6 +67,21 @@ class App:
           f"app {self.name}: default schedule {name!r} for backend {backend!r} "
           f"is not among {sorted(self.schedules.get(backend, {}))}"
         )
+    if not getattr(self.build, "_tags_workload", False):
+      object.__setattr__(self, "build", _tag_workload(self.name, self.build))
+
+
+def _tag_workload(name: str, build: Callable[..., AppGraph]) -> Callable[..., AppGraph]:
+  """``build`` that records ``Workload(name, kwargs)`` on the built Pipeline (for providers)."""
+
+  @functools.wraps(build)
+  def tagged(**kwargs: Any) -> AppGraph:
+    g = build(**kwargs)
+    g.pipeline.workload = Workload(name, dict(kwargs))
+    return g
+
+  tagged._tags_workload = True
+  return tagged
 
 
 APPS: dict[str, App] = {}
