@@ -7,7 +7,7 @@ strided index expressions and conservative (a hull) for everything else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -268,24 +268,30 @@ def footprint(
 ) -> list[Interval] | None:
   """Per-dimension hull of all calls to ``target`` in ``exprs`` (None if never called)."""
   out: list[Interval] | None = None
+  for e in exprs:
+    for n, en in walk_env(e, env):
+      if isinstance(n, ir.Call) and n.target is target:
+        ivs = [interval(a, en) for a in n.args]
+        out = ivs if out is None else [hull(o, i) for o, i in zip(out, ivs, strict=True)]
+  return out
 
-  def visit(n: ir.Expr, env: dict[tuple, Interval]):
-    nonlocal out
+
+def walk_env(
+  e: ir.Expr, env: dict[tuple, Interval]
+) -> Iterator[tuple[ir.Expr, dict[tuple, Interval]]]:
+  """Every node of ``e`` in pre-order with the intervals in force at it: inside an inline
+  reduction its RVars range over their RDom (the Reduce node itself is not yielded)."""
+  stack = [(e, env)]
+  while stack:
+    n, en = stack.pop()
     if isinstance(n, ir.Reduce):
-      inner = dict(env)
+      inner = dict(en)
       for r in n.rdom.vars:
         inner[key(r)] = rdom_interval(r)
-      visit(n.body, inner)
-      return
-    if isinstance(n, ir.Call) and n.target is target:
-      ivs = [interval(a, env) for a in n.args]
-      out = ivs if out is None else [hull(o, i) for o, i in zip(out, ivs, strict=True)]
-    for c in ir.children(n):
-      visit(c, env)
-
-  for e in exprs:
-    visit(e, env)
-  return out
+      stack.append((n.body, inner))
+      continue
+    yield n, en
+    stack.extend((c, en) for c in reversed(list(ir.children(n))))
 
 
 def calls_of(exprs: list[ir.Expr]) -> list[Any]:

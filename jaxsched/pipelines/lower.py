@@ -497,16 +497,12 @@ def _check_image_reads(img, shp, c: FuncPlan, st: Stage, regions) -> None:
   lo, hi = regions[id(c.func)]
   env = _stage_env(st, c.func, lo, hi)
 
-  def visit(n: ir.Expr, env):
-    if isinstance(n, ir.Reduce):
-      inner = dict(env)
-      for r in n.rdom.vars:
-        inner[B.key(r)] = B.rdom_interval(r)
-      visit(n.body, inner)
-      return
-    if isinstance(n, ir.Call) and n.target is img:
+  for e in _stage_exprs(st):
+    for n, en in B.walk_env(e, env):
+      if not (isinstance(n, ir.Call) and n.target is img):
+        continue
       for d, a in enumerate(n.args):
-        iv = B.interval(a, env)
+        iv = B.interval(a, en)
         if np.min(iv[0]) < 0 or np.max(iv[1]) > shp[d] - 1:
           raise ValueError(
             f"Func {c.func.name} reads {n!r}: index {d} ranges over {_fmt_range(iv)} but "
@@ -514,11 +510,6 @@ def _check_image_reads(img, shp, c: FuncPlan, st: Stage, regions) -> None:
             f"the input with boundary.repeat_edge({img.name}) (or another boundary condition) "
             "or request a smaller output"
           )
-    for k in ir.children(n):
-      visit(k, env)
-
-  for e in _stage_exprs(st):
-    visit(e, env)
 
 
 def _validate_levels(order, fplans, consumers, outputs) -> None:

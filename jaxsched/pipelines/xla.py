@@ -375,14 +375,10 @@ def _edge_pads(p: L.Plan, shapes: dict[int, tuple[int, ...]]) -> dict[int, list[
       bounds[id(fp.func)] = [(m, m + e - 1) for m, e in fp.region]
   pads: dict[int, list[list[int]]] = {}
 
-  def visit(n: ir.Expr, env):
-    if isinstance(n, ir.Reduce):
-      inner = dict(env)
-      for r in n.rdom.vars:
-        inner[B.key(r)] = B.rdom_interval(r)
-      visit(n.body, inner)
-      return
-    if isinstance(n, ir.Call) and id(n.target) in bounds:
+  def visit(e: ir.Expr, env):
+    for n, en in B.walk_env(e, env):
+      if not (isinstance(n, ir.Call) and id(n.target) in bounds):
+        continue
       bd = bounds[id(n.target)]
       need = []
       for a, (lo, hi) in zip(n.args, bd, strict=True):
@@ -390,7 +386,7 @@ def _edge_pads(p: L.Plan, shapes: dict[int, tuple[int, ...]]) -> dict[int, list[
         if c is None or (c[1], c[2]) != (lo, hi):
           need.append([0, 0])
           continue
-        ilo, ihi = B.interval(c[0], env)
+        ilo, ihi = B.interval(c[0], en)
         ilo, ihi = float(np.min(ilo)), float(np.max(ihi))
         if not (np.isfinite(ilo) and np.isfinite(ihi)) or B.linear(c[0]) is None:
           need.append([0, 0])
@@ -400,8 +396,6 @@ def _edge_pads(p: L.Plan, shapes: dict[int, tuple[int, ...]]) -> dict[int, list[
         cur = pads.setdefault(id(n.target), [[0, 0] for _ in bd])
         for cp, nd in zip(cur, need, strict=True):
           cp[0], cp[1] = max(cp[0], nd[0]), max(cp[1], nd[1])
-    for k in ir.children(n):
-      visit(k, env)
 
   for fp in p.order:
     # Only reads inside tile loops (dynamic offsets) use padded copies; static regions are
@@ -518,29 +512,19 @@ def _interior(fp: L.FuncPlan, mins: list[int], exts: tuple[int, ...]) -> list[tu
   inter = [(m, m + e - 1) for m, e in zip(mins, exts, strict=True)]
   env = {("v", n): (np.float64(0), np.float64(0)) for n in names}
 
-  def visit(n: ir.Expr, env):
-    if isinstance(n, ir.Reduce):
-      inner = dict(env)
-      for r in n.rdom.vars:
-        inner[B.key(r)] = B.rdom_interval(r)
-      visit(n.body, inner)
-      return
+  for n, en in B.walk_env(fp.stages[0].value, env):
     c = _clamp_any(n)
-    if c is not None:
-      lin = B.linear(c[0])
-      if lin is not None:
-        vs = [k for k in lin[0] if k[0] == "v"]
-        if len(vs) == 1 and lin[0][vs[0]] == 1:
-          d = names.index(vs[0][1])
-          # Offset e - v ranges over [dlo, dhi] (RVars included): v + e stays in [lo, hi] for
-          # v in [lo - dlo, hi - dhi].
-          rest = B.interval(c[0], env)  # with v = 0
-          lo, hi = inter[d]
-          inter[d] = (max(lo, c[1] - int(rest[0])), min(hi, c[2] - int(rest[1])))
-    for k in ir.children(n):
-      visit(k, env)
-
-  visit(fp.stages[0].value, env)
+    lin = None if c is None else B.linear(c[0])
+    if lin is None:
+      continue
+    vs = [k for k in lin[0] if k[0] == "v"]
+    if len(vs) == 1 and lin[0][vs[0]] == 1:
+      d = names.index(vs[0][1])
+      # Offset e - v ranges over [dlo, dhi] (RVars included): v + e stays in [lo, hi] for
+      # v in [lo - dlo, hi - dhi].
+      rest = B.interval(c[0], en)  # with v = 0
+      lo, hi = inter[d]
+      inter[d] = (max(lo, c[1] - int(rest[0])), min(hi, c[2] - int(rest[1])))
   return inter
 
 
@@ -647,33 +631,25 @@ def _slab_windows(fp: L.FuncPlan, box: list[tuple[int, int]], bufs) -> dict:
   )
   need: dict[int, list[list[float]] | None] = {}
 
-  def visit(n: ir.Expr, env):
-    if isinstance(n, ir.Reduce):
-      inner = dict(env)
-      for r in n.rdom.vars:
-        inner[B.key(r)] = B.rdom_interval(r)
-      visit(n.body, inner)
-      return
-    if isinstance(n, ir.Call) and id(n.target) in bufs and need.get(id(n.target), 0) is not None:
-      arr, bmins = bufs[id(n.target)]
-      ivs, clamped = [], False
-      for a, m, sz in zip(n.args, bmins, arr.shape, strict=True):
-        c = _clamp_any(a)
-        if c is not None and (c[1], c[2]) == (m, m + sz - 1):
-          a, clamped = c[0], True
-        lo, hi = B.interval(a, env)
-        ivs.append([float(np.min(lo)), float(np.max(hi))])
-      if clamped:
-        if not all(np.isfinite(v) for iv in ivs for v in iv) or not _is_static(bmins[0]):
-          need[id(n.target)] = None
-        else:
-          cur = need.setdefault(id(n.target), ivs)
-          for c, iv in zip(cur, ivs, strict=True):
-            c[0], c[1] = min(c[0], iv[0]), max(c[1], iv[1])
-    for k in ir.children(n):
-      visit(k, env)
-
-  visit(fp.stages[0].value, env)
+  for n, en in B.walk_env(fp.stages[0].value, env):
+    if not isinstance(n, ir.Call) or id(n.target) not in bufs or need.get(id(n.target), 0) is None:
+      continue
+    arr, bmins = bufs[id(n.target)]
+    ivs, clamped = [], False
+    for a, m, sz in zip(n.args, bmins, arr.shape, strict=True):
+      c = _clamp_any(a)
+      if c is not None and (c[1], c[2]) == (m, m + sz - 1):
+        a, clamped = c[0], True
+      lo, hi = B.interval(a, en)
+      ivs.append([float(np.min(lo)), float(np.max(hi))])
+    if not clamped:
+      continue
+    if not all(np.isfinite(v) for iv in ivs for v in iv) or not _is_static(bmins[0]):
+      need[id(n.target)] = None
+    else:
+      cur = need.setdefault(id(n.target), ivs)
+      for c, iv in zip(cur, ivs, strict=True):
+        c[0], c[1] = min(c[0], iv[0]), max(c[1], iv[1])
   size = math.prod(b - a + 1 for a, b in box)
   out = None
   for key, ivs in need.items():
