@@ -30,16 +30,29 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   sliced off the result.
 * Inline reductions over small static RDoms (``<= 64`` points, e.g. a Gaussian's taps) are
   unrolled into the kernel. Scalar ``Param``\\ s and 1-D tables read at constant indices (a
-  Gaussian's weights) are kernel operands (SMEM on TPU).
+  Gaussian's weights) are kernel operands (SMEM on TPU). A 1-D table (``<= TABLE_LIMIT``
+  entries) read at a data-dependent index (a LUT: ``cdf[inp[y, x]]``, ``remap[...]``) is looked
+  up in-kernel by a loop of compare-selects over its entries (Mosaic has no vector gather).
+  A lower-rank root buffer read at a subsequence of the consumer's vars (an image read by a
+  ``[y, x, k]`` Func) is broadcast along the missing dims by XLA before the kernel.
+* RDom updates of a small root 1-D Func (``<= TABLE_LIMIT`` bins) are kernels: a commutative
+  scatter ``f[idx(r)] op= v(r)`` (op add/max/min) walks tiles of its RDom (the update's
+  ``split``\\ s of the RVars are the block) and reduces a one-hot compare of each RDom row
+  against all bins; on TPU the output block is all of ``f``, resident over an "arbitrary" grid
+  and initialised at the first step, on GPU each block writes a partial that XLA combines. A
+  prefix scan ``f[r] = f[r - 1] + e(r)`` is one triangular compare-and-sum kernel. The pure
+  definition (initial values) is evaluated by XLA. Reads in an update must be windows
+  (``inp[r.y + c, r.x + c']``, the RVars in the RDom's order, or constants).
 
 **What runs as XLA ops between the kernels** (never silently: tracing issues an
 :class:`XlaFallbackWarning` naming them, :func:`describe` lists every Func with the reason, and
-docs/pallas_backend.md says why): Funcs with update definitions
-(histograms, scans: RDom scatter-add and prefix sums), extern Funcs, 1-D Funcs (lookup tables),
-and Funcs whose reads are not stencils: data-dependent or strided indices (gathers, pyramids'
-``2 * x``, ``x // 2``), transposed dims, constant indices into images, clamps that are not the
-buffer's edges, large or arg-reductions. Those Funcs are evaluated with the XLA backend's own
-evaluator, and their results feed the kernels as ordinary inputs.
+docs/pallas_backend.md says why): extern Funcs, 1-D Funcs (lookup tables), updates other than
+the above (of N-D Funcs, e.g. the bilateral grid's splat; serial or non-commutative ones; with
+gathers in the RDom), and Funcs whose reads are not stencils: data-dependent indices into
+N-D buffers (gathers), strided indices (pyramids' ``2 * x``, ``x // 2``), transposed dims,
+constant indices into images, clamps that are not the buffer's edges, large or arg-reductions.
+Those Funcs are evaluated with the XLA backend's own evaluator, and their results feed the
+kernels as ordinary inputs.
 
 Composition: the compiled function works under ``jax.jit`` and ``jax.vmap`` (Pallas batches the
 grid); ``jax.grad`` uses a custom VJP whose backward pass is the XLA backend's VJP of the same plan
@@ -87,6 +100,7 @@ __all__ = [
 ]
 
 UNROLL_LIMIT = 64  # inline-reduction points unrolled into a kernel
+TABLE_LIMIT = 4096  # entries of a 1-D table read by a data-dependent index / bins of an RDom update
 _KINDS = ("gpu", "tpu")
 
 
@@ -196,10 +210,12 @@ def _unroll(e: ir.Expr) -> ir.Expr:
 
 @dataclasses.dataclass
 class _Read:
-  kind: str  # "buf" (shifted window of a root buffer) | "child" | "scalar"
+  kind: str  # "buf" (shifted window of a root buffer) | "child" | "scalar" | "lut"
   target: Any
   shift: tuple[int, ...] = ()  # per consumer dim ("buf", "child")
   index: int = 0  # "scalar": element of a 1-D table
+  expr: ir.Expr | None = None  # "lut": the data-dependent index, evaluated in-kernel
+  axes: tuple[int, ...] = ()  # RDom update "buf": layout axis per buffer dim (-1: constant)
 
 
 def _classify_call(
@@ -214,6 +230,14 @@ def _classify_call(
     inner, lo, hi = (a, None, None) if cl is None else cl
     lin = B.linear(inner)
     if lin is None:
+      if len(c.args) == 1 and id(t) in bounds and id(t) not in children:
+        # A small 1-D table read by a data-dependent index (a LUT): an in-kernel one-hot select.
+        n = bounds[id(t)][0][1] - bounds[id(t)][0][0] + 1
+        if n > TABLE_LIMIT:
+          raise _Unsupported(
+            f"read {_short(c)}: lookup into a {n}-entry table (> {TABLE_LIMIT}, a gather)"
+          )
+        return _Read("lut", t, expr=a)
       raise _Unsupported(
         f"read {_short(c)}: index {_short(a)} is not affine (data-dependent: a gather)"
       )
@@ -224,15 +248,23 @@ def _classify_call(
       v = lin[1] if lo is None else min(max(lin[1], lo), hi)
       return _Read("scalar", t, index=v - bounds[id(t)][0][0])
     raise _Unsupported(f"read {_short(c)} at a constant index of a {len(c.args)}-D buffer")
-  if len(c.args) != len(names):
+  bcast = len(c.args) < len(names) and id(t) not in children
+  if len(c.args) != len(names) and not bcast:
     raise _Unsupported(f"read {_short(c)}: {tn} has {len(c.args)} dims, the consumer {len(names)}")
-  shift = []
-  for j, ((coef, off), lo, hi) in enumerate(lins):
-    if coef != {("v", names[j]): 1}:
+  # A lower-rank root buffer read at a subsequence of the consumer's vars (an image read by a
+  # [y, x, k] Func) is broadcast along the missing dims: XLA materialises the broadcast window.
+  dims: list[int] = []
+  for j, ((coef, _), _, _) in enumerate(lins):
+    want = [names[j]] if not bcast else names[(dims[-1] + 1 if dims else 0) :]
+    d = next((names.index(n) for n in want if coef == {("v", n): 1}), None)
+    if d is None:
       raise _Unsupported(
-        f"read {_short(c)}: index {j} must be {names[j]} + const (strided, transposed or mixed "
-        "indices are gathers)"
+        f"read {_short(c)}: index {j} must be {names[j] if not bcast else 'a var'} + const "
+        "(strided, transposed or mixed indices are gathers)"
       )
+    dims.append(d)
+  shift = [0] * len(names)
+  for j, (((_, off), lo, hi), d) in enumerate(zip(lins, dims, strict=True)):
     if lo is not None:
       if id(t) in children:
         raise _Unsupported(f"read {_short(c)}: clamped read of a compute_at producer")
@@ -242,7 +274,9 @@ def _classify_call(
           f"read {_short(c)}: clamp [{lo}, {hi}] in dim {j} is not the edge of {tn}'s buffer "
           f"[{blo}, {bhi}]"
         )
-    shift.append(int(off))
+    shift[d] = int(off)
+  if bcast:
+    return _Read("buf", t, tuple(shift), axes=tuple(dims))
   return _Read("child" if id(t) in children else "buf", t, tuple(shift))
 
 
@@ -258,6 +292,7 @@ class _Kernel:
   block: tuple[int, ...]  # effective block shape (after padding rules)
   grid: list[tuple[int, int, str]]  # (array dim, steps, "parallel" | "arbitrary"), outermost 1st
   default_tile: bool
+  lut_range: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # table region
 
 
 def _block_rule(
@@ -367,9 +402,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   if f.extern is not None:
     raise _Unsupported("extern Func (its values come from a JAX function)")
   if len(fp.stages) > 1:
-    raise _Unsupported(
-      f"{len(fp.stages) - 1} update definition(s) (RDom scatter/scan: run as XLA ops)"
-    )
+    return _plan_update(fp, kind, bounds)
   if f.ndim < 2:
     raise _Unsupported("1-D Func (a table): computed with XLA ops, read by kernels as scalars")
   kids = [] if fp.group is None else [p.by_func[id(ch.func)] for ch in fp.group.children]
@@ -378,6 +411,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   values = []
   reads: dict[int, dict[int, _Read]] = {}
   dtypes = [f.dtype]
+  luts: dict[int, tuple[int, int]] = {}
   for q in [*kids, fp]:
     if q.func.ndim != f.ndim:
       raise _Unsupported(f"compute_at producer {q.func.name} has a different rank")
@@ -393,22 +427,35 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
         rd[id(n)] = _classify_call(n, names, children, bounds)
         if rd[id(n)].kind == "buf":
           dtypes.append(n.target.dtype)
+        if rd[id(n)].kind == "lut":
+          luts[id(n.target)] = bounds[id(n.target)][0]
     reads[id(v)] = rd
     values.append(v)
   tile, block, grid, default = _schedule_blocks(fp, kind, dtypes)
   return _Kernel(
-    fp, values[-1], list(zip(kids, values[:-1], strict=True)), reads, tile, block, grid, default
+    fp,
+    values[-1],
+    list(zip(kids, values[:-1], strict=True)),
+    reads,
+    tile,
+    block,
+    grid,
+    default,
+    luts,
   )
 
 
-def _walk_no_args(e: ir.Expr):
-  """Nodes of ``e`` without descending into call indices (they are fully analysed)."""
+def _walk_no_args(e: ir.Expr, reads: dict[int, _Read]):
+  """Nodes of ``e`` without descending into call indices (they are fully analysed), except the
+  data-dependent index of a table lookup, which the kernel evaluates."""
   stack = [e]
   while stack:
     n = stack.pop()
     yield n
     if not isinstance(n, ir.Call):
       stack.extend(ir.children(n))
+    elif reads[id(n)].kind == "lut":
+      stack.append(reads[id(n)].expr)
 
 
 @dataclasses.dataclass
@@ -420,6 +467,7 @@ class _Layout:
   child_at: dict[int, list[tuple[int, ...]]]  # GPU: shifts each child is evaluated at
   child_origin: dict[int, np.ndarray]  # TPU: the one origin each child is evaluated at
   scalars: dict[int, Any]  # id(target) -> target (tables and params)
+  bcast: dict[int, tuple[int, ...]]  # lower-rank buffers: the consumer dim of each of their dims
   domain: tuple[int, ...]  # evaluation shape (GPU: the block; TPU: the aligned window)
 
 
@@ -429,6 +477,7 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
   buf_hi: dict[int, np.ndarray] = {}
   child_req: dict[int, list[tuple[int, ...]]] = {}
   scalars: dict[int, Any] = {}
+  bcast: dict[int, tuple[int, ...]] = {}
   kid_val = {id(kp.func): v for kp, v in k.children}
   done: set = set()
 
@@ -437,18 +486,20 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
       return
     done.add((id(v), s))
     rd = k.reads[id(v)]
-    for n in _walk_no_args(v):
+    for n in _walk_no_args(v, rd):
       if isinstance(n, ir.Param):
         scalars[id(n)] = n
       if not isinstance(n, ir.Call):
         continue
       r = rd[id(n)]
-      if r.kind == "scalar":
+      if r.kind in ("scalar", "lut"):
         scalars[id(r.target)] = r.target
         continue
       t = tuple(a + b for a, b in zip(s, r.shift, strict=True))
       if r.kind == "buf":
         key = id(r.target)
+        if r.axes:
+          bcast[key] = r.axes
         buf_lo[key] = np.minimum(buf_lo.get(key, t), t)
         buf_hi[key] = np.maximum(buf_hi.get(key, t), t)
       else:
@@ -483,7 +534,7 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
       align = 128 if d == nd - 1 else (sub if d == nd - 2 else 1)
       dom.append(_round_up(k.block[d] + int(span[d]), align))
     domain = tuple(dom)
-  return _Layout(buf_lo, buf_hi, child_req, origin, scalars, domain)
+  return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain)
 
 
 def _targets_of(k: _Kernel) -> list[Any]:
@@ -504,6 +555,19 @@ def _roll(x: jax.Array, k: int, axis: int) -> jax.Array:
   return jnp.concatenate(
     [lax.slice_in_dim(x, k, n, axis=axis), lax.slice_in_dim(x, 0, k, axis=axis)], axis=axis
   )
+
+
+def _binop(op: str, a: Any, b: Any) -> Any:
+  """``ir.BINARY_OPS[op]``, with integer floordiv / mod written without ``sign`` (its Mosaic
+  lowering asks the local device for its TPU generation, which fails in deviceless builds)."""
+  if op in ("floordiv", "mod"):
+    dt = jnp.result_type(a, b)
+    if jnp.issubdtype(dt, jnp.integer):
+      a, b = jnp.asarray(a).astype(dt), jnp.asarray(b).astype(dt)
+      q, r = lax.div(a, b), lax.rem(a, b)
+      fix = (r != 0) & ((r < 0) != (b < 0))  # truncation rounded toward zero: step down
+      return q - fix.astype(dt) if op == "floordiv" else jnp.where(fix, r + b, r)
+  return ir.BINARY_OPS[op](a, b)
 
 
 class _Eval:
@@ -541,7 +605,7 @@ class _Eval:
     if isinstance(e, ir.Param):
       return self._scalar(e, 0, e.dtype)
     if isinstance(e, ir.BinOp):
-      return ir.BINARY_OPS[e.op](self.ev(e.a, s), self.ev(e.b, s))
+      return _binop(e.op, self.ev(e.a, s), self.ev(e.b, s))
     if isinstance(e, ir.UnOp):
       return ir.UNARY_OPS[e.op](self.ev(e.a, s))
     if isinstance(e, ir.Select):
@@ -563,10 +627,29 @@ class _Eval:
     r = self.cur[id(c)]
     if r.kind == "scalar":
       return self._scalar(r.target, r.index, r.target.dtype)
+    if r.kind == "lut":
+      return self._lut(r, s)
     t = tuple(a + b for a, b in zip(s, r.shift, strict=True))
     if r.kind == "child":
       return self._child(r.target, t)
     return self._buf(r.target, t)
+
+  def _lut(self, r: _Read, s) -> Any:
+    """``table[clamp(index)]`` as a loop of compare-selects over the table's entries: Mosaic has
+    no vector gather, and the loop is the same on Triton. Indices are clamped to the table's
+    region (bounds inference keeps them inside it: the clamp only matches XLA's gather)."""
+    t = r.target
+    lo, hi = self.k.lut_range[id(t)]
+    idx = jnp.clip(jnp.asarray(self.ev(r.expr, s)).astype(jnp.int32), lo, hi) - lo
+    idx = jnp.broadcast_to(idx, self.lay.domain)
+
+    wide = t.dtype if t.dtype.itemsize >= 4 else (jnp.float32 if t.dtype.kind == "f" else jnp.int32)
+
+    def body(j, acc):  # selects in 32 bits: Mosaic's narrow vector support is partial
+      return jnp.where(idx == j, self._scalar(t, j, wide), acc)
+
+    out = lax.fori_loop(0, hi - lo + 1, body, jnp.zeros(self.lay.domain, wide))
+    return out.astype(t.dtype)
 
   def _buf(self, q: Any, t: tuple[int, ...]) -> Any:
     lo = self.lay.buf_lo[id(q)]
@@ -668,6 +751,10 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
   for key in lay.buf_lo:
     arr, amin = bufs[key]
     lo = [region[d][0] + int(lay.buf_lo[key][d]) for d in range(nd)]
+    if key in lay.bcast:  # unit dims where the consumer has dims the buffer lacks
+      axes = lay.bcast[key]
+      arr = arr.reshape([arr.shape[axes.index(d)] if d in axes else 1 for d in range(nd)])
+      amin = [amin[axes.index(d)] if d in axes else lo[d] for d in range(nd)]
     if kind == "gpu":
       size = [
         (steps[d] - 1) * k.block[d] + k.block[d] + int(lay.buf_hi[key][d] - lay.buf_lo[key][d])
@@ -708,6 +795,456 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
     name=f"jaxsched_{f.name}",
   )(*args)
   return out[tuple(slice(0, e) for _, e in region)]
+
+
+# ----------------------------------------------------------------------------- RDom updates
+
+_SCATTER_OPS = ("add", "max", "min")
+# Bins x scan points compared in one scan kernel (Triton holds them in registers).
+SCAN_LIMIT = {"gpu": 1 << 16, "tpu": 1 << 20}
+GPU_ONEHOT_LIMIT = 1 << 15  # bins x RDom-block cols of a default GPU scatter block
+
+
+@dataclasses.dataclass
+class _UpdateStep:
+  """One update definition of a small 1-D Func, as a kernel over its RDom.
+
+  The RDom is laid out as a 2-D array ``[r[1], r[0]]`` (a 1-D RDom as ``[1, r[0]]``): ``r[0]``,
+  Halide's innermost, is the lane dim, as a row-major image read at ``[r.y, r.x]`` is.
+  """
+
+  kind: str  # "scatter": f[index(r)] op= value(r) | "scan": f[r] = f[r - 1] + value(r)
+  op: str  # "add" | "max" | "min"
+  index: ir.Expr | None  # scatter: the (data-dependent) bin
+  value: ir.Expr
+  rvars: list[Any]  # RVar per layout axis (None: the unit axis of a 1-D RDom)
+  rmin: tuple[int, int]  # per layout axis
+  rext: tuple[int, int]
+  reads: dict[int, _Read]  # id(call) -> "buf" (shift per layout axis) | "scalar"
+  block: tuple[int, int]
+  tile: dict[str, Any]
+  default_tile: bool
+
+
+@dataclasses.dataclass
+class _UpdateKernel:
+  """A root 1-D Func whose updates all are kernels; its pure definition (the initial values)
+  is evaluated by XLA."""
+
+  fp: L.FuncPlan
+  steps: list[_UpdateStep]
+
+
+def _self_update(f: ir.Func, st: L.Stage) -> tuple[str, ir.Expr] | None:
+  """``f[L] = f[L] op e`` (op commutative, e free of f) -> (op, e)."""
+  v = st.value
+  if not (isinstance(v, ir.BinOp) and v.op in _SCATTER_OPS):
+    return None
+  for mine, other in ((v.a, v.b), (v.b, v.a)):
+    if (
+      isinstance(mine, ir.Call)
+      and mine.target is f
+      and not _xla._refs(other, f)
+      and all(_xla._same(x, y) for x, y in zip(mine.args, st.args, strict=True))
+    ):
+      return v.op, other
+  return None
+
+
+def _classify_rdom_call(c: ir.Call, rvars: list[Any], bounds) -> _Read:
+  """A read inside an RDom update: a window of a root buffer at ``r + const`` per dim (in
+  layout order), or a 1-D table at a constant index; anything else raises _Unsupported."""
+  t = c.target
+  if id(t) not in bounds:
+    raise _Unsupported(f"read {_short(c)}: {t.name} is not a root buffer")
+  lins = [B.linear(a) for a in c.args]
+  if any(lin is None for lin in lins):
+    raise _Unsupported(f"read {_short(c)} in an RDom update: a data-dependent index (a gather)")
+  if all(not lin[0] for lin in lins) and len(c.args) == 1:
+    return _Read("scalar", t, index=lins[0][1] - bounds[id(t)][0][0])
+  # Per buffer dim: a constant, or an RVar + const; the RVars in the RDom's layout order.
+  shift, axes = [], []
+  for a, lin in zip(c.args, lins, strict=True):
+    ax = [d for d, r in enumerate(rvars) if r is not None and lin[0] == {B.key(r): 1}]
+    if lin[0] and not ax:
+      raise _Unsupported(
+        f"read {_short(c)} in an RDom update: index {_short(a)} must be an RVar + const or a "
+        "constant (strided, transposed or mixed indices are gathers)"
+      )
+    axes.append(ax[0] if ax else -1)
+    shift.append(int(lin[1]))
+  used = [d for d in axes if d >= 0]
+  want = [d for d, r in enumerate(rvars) if r is not None]
+  if used != want:
+    raise _Unsupported(
+      f"read {_short(c)} in an RDom update: must index {[rvars[d].name for d in want]} in that "
+      "order, each once (transposed or broadcast reads are not windows)"
+    )
+  return _Read("buf", t, tuple(shift), axes=tuple(axes))
+
+
+def _update_block(
+  f: ir.Func, st: Any, kind: str, rvars: list[Any], rext: tuple[int, int], dtypes, n_bins: int
+) -> tuple[tuple[int, int], dict[str, Any], bool]:
+  """RDom block (rows, cols) from the update's splits of its RVars, checked like a Func tile."""
+  names = [None if r is None else r.name for r in rvars]
+  req: list[int | None] = [None, None]
+  tile: dict[str, Any] = {}
+  for old, _, inner, fac in st.splits:
+    if st.kind(inner) in ("vectorized", "unrolled"):
+      continue
+    if old not in names or req[names.index(old)] is not None:
+      raise NotImplementedError(
+        f"Func {f.name}: split of {old!r} in an update: the pallas backend splits each RVar "
+        f"of the RDom ({[n for n in names if n]}) at most once"
+      )
+    req[names.index(old)] = fac
+    tile[inner] = fac
+  default = not tile
+  sub = _sublane(dtypes)
+  if default:
+    if kind == "gpu":
+      # Triton keeps the [bins, cols] one-hot tensor in registers: its compile time grows with
+      # it (4096 bins x 128 cols: 103 s for H100), so cap it at 32K elements.
+      cols = max(1, min(128, GPU_ONEHOT_LIMIT // _pow2(n_bins)))
+      req = [min(_pow2(rext[0]), 8), min(_pow2(rext[1]), cols)]
+    else:
+      req = [None if rext[0] <= sub else sub, None if rext[1] <= 512 else 512]
+    tile = {n or "1": "whole" if b is None else b for n, b in zip(names, req, strict=True)}
+  block = []
+  for d, (b, e) in enumerate(zip(req, rext, strict=True)):
+    if names[d] is None:
+      block.append(1)
+      continue
+    if kind == "gpu":
+      if b is not None and b != _pow2(b):
+        raise ValueError(
+          f"Func {f.name}: update tile {tile} breaks the Triton (GPU) rule 'block dims must be "
+          f"powers of two': {names[d]} has block {b}; use e.g. {_pow2(b)}"
+        )
+      block.append(_pow2(e) if b is None else min(b, _pow2(e)))
+      continue
+    align = 128 if d == 1 else sub
+    if b is None or b >= e:
+      block.append(_round_up(e, align))
+    elif b % align:
+      raise ValueError(
+        f"Func {f.name}: update tile {tile} breaks the TPU (8, 128) rule: {names[d]}'s block "
+        f"must be a multiple of {align} or cover the whole extent {e}; got block {b}"
+      )
+    else:
+      block.append(b)
+  return (block[0], block[1]), tile, default
+
+
+def _plan_update(fp: L.FuncPlan, kind: str, bounds) -> _UpdateKernel:
+  """Updates of a small 1-D Func as kernels: commutative scatters ``f[idx(r)] op= v(r)`` and
+  prefix scans ``f[r] = f[r - 1] + e(r)``; raises _Unsupported (with why) otherwise."""
+  f = fp.func
+  why = f"{len(fp.stages) - 1} update definition(s)"
+  if f.ndim != 1:
+    raise _Unsupported(
+      f"{why} of a {f.ndim}-D Func (only 1-D tables' RDom scatters/scans are kernels)"
+    )
+  n = fp.region[0][1]
+  if n > TABLE_LIMIT:
+    raise _Unsupported(f"{why} into {n} bins (> {TABLE_LIMIT}: a one-hot kernel would not fit)")
+  if kind == "tpu" and f.dtype.itemsize != 4:
+    raise _Unsupported(f"{why}: TPU kernels accumulate 32-bit values, {f.name} is {f.dtype}")
+  steps = []
+  for j, st in enumerate(fp.stages[1:], start=1):
+    where = f"update {j} of {f.name}"
+    if st.rdom is None or len(st.rdom.vars) > 2:
+      raise _Unsupported(f"{where}: needs a 1-D or 2-D RDom")
+    rv = list(st.rdom.vars)
+    rvars = [None, rv[0]] if len(rv) == 1 else [rv[1], rv[0]]
+    ranges = [(0, 1)] + [(B.static_int(m), B.static_int(e)) for m, e in st.rdom.ranges]
+    if len(rv) == 2:
+      ranges = [ranges[2], ranges[1]]
+    rmin = (ranges[0][0], ranges[1][0])
+    rext = (ranges[0][1], ranges[1][1])
+    su = _self_update(f, st)
+    scan = _xla._prefix_scan(f, st)
+    if su is not None and not _xla._refs(st.args[0], f):
+      ukind, (op, value), index = "scatter", su, st.args[0]
+    elif scan is not None and len(rv) == 1:
+      ukind, op, value, index = "scan", "add", scan[1], None
+      limit = SCAN_LIMIT[kind]
+      if _pow2(n) * _pow2(rext[1]) > limit:
+        raise _Unsupported(
+          f"{where}: scan of {rext[1]} points into {n} bins compares more than {limit} pairs"
+        )
+    else:
+      raise _Unsupported(
+        f"{where} is neither a commutative scatter f[idx(r)] op= v(r) (op in {_SCATTER_OPS}) "
+        "nor a prefix scan f[r] = f[r - 1] + e(r)"
+      )
+    try:
+      exprs = [_unroll(value)] + ([] if index is None else [_unroll(index)])
+    except _Unsupported as e:
+      raise _Unsupported(f"{where}: {e}") from None
+    reads: dict[int, _Read] = {}
+    dtypes = [f.dtype]
+    for e in exprs:
+      for node in ir.walk(e):
+        if isinstance(node, ir.Reduce):
+          raise _Unsupported(f"{where}: nested inline reduction")
+        if isinstance(node, ir.Var):
+          raise _Unsupported(f"{where}: reads pure var {node.name}")
+        if isinstance(node, ir.Call):
+          reads[id(node)] = _classify_rdom_call(node, rvars, bounds)
+          if reads[id(node)].kind == "buf":
+            dtypes.append(node.target.dtype)
+    if ukind == "scan":
+      block = (1, _pow2(rext[1]) if kind == "gpu" else _round_up(rext[1], 128))
+      tile, default = {rvars[1].name: "whole"}, False
+    else:
+      block, tile, default = _update_block(
+        f, f.definitions[j].schedule, kind, rvars, rext, dtypes, n
+      )
+    steps.append(
+      _UpdateStep(
+        ukind,
+        op,
+        exprs[1] if index is not None else None,
+        exprs[0],
+        rvars,
+        rmin,
+        rext,
+        reads,
+        block,
+        tile,
+        default,
+      )
+    )
+  return _UpdateKernel(fp, steps)
+
+
+def _identity(op: str, dtype: np.dtype) -> Any:
+  if op == "add":
+    return 0
+  big = np.iinfo(dtype).max if dtype.kind in "iu" else np.inf
+  return -big if op == "max" and dtype.kind != "u" else (0 if op == "max" else big)
+
+
+_COMBINE = {"add": jnp.add, "max": jnp.maximum, "min": jnp.minimum}
+_REDUCE = {"add": jnp.sum, "max": jnp.max, "min": jnp.min}
+
+
+class _REval:
+  """Evaluates an RDom update's expressions over ``dom`` (rows x cols of the RDom layout)."""
+
+  def __init__(self, u: _UpdateStep, kind: str, refs: dict, origin, dom, load):
+    self.u, self.kind, self.refs = u, kind, refs
+    self.origin, self.dom, self.load = origin, dom, load
+    self.memo: dict[int, Any] = {}
+    self.intern = _xla._Interner()
+
+  def __call__(self, e: ir.Expr) -> Any:
+    key = self.intern(e)
+    if key not in self.memo:
+      self.memo[key] = self._ev(e)
+    return self.memo[key]
+
+  def _scalar(self, t: Any, index: Any, dtype) -> Any:
+    ref = self.refs[id(t)]
+    if self.kind == "tpu":
+      return ref[index].astype(dtype)
+    return ref[pl.ds(index, 1)].astype(dtype).reshape(1, 1)
+
+  def _ev(self, e: ir.Expr) -> Any:
+    if isinstance(e, ir.Const):
+      return e.value if e.weak else np.asarray(e.value, e.dtype)
+    if isinstance(e, ir.RVar):
+      ax = 1 if e.index == 0 else 0
+      return lax.broadcasted_iota(jnp.int32, self.dom, ax) + self.origin[ax]
+    if isinstance(e, ir.Param):
+      return self._scalar(e, 0, e.dtype)
+    if isinstance(e, ir.BinOp):
+      return _binop(e.op, self(e.a), self(e.b))
+    if isinstance(e, ir.UnOp):
+      return ir.UNARY_OPS[e.op](self(e.a))
+    if isinstance(e, ir.Select):
+      return jnp.where(self(e.cond), self(e.t), self(e.f))
+    if isinstance(e, ir.Cast):
+      return jnp.asarray(self(e.a)).astype(e.to)
+    if isinstance(e, ir.Call):
+      r = self.u.reads[id(e)]
+      if r.kind == "scalar":
+        return self._scalar(r.target, r.index, r.target.dtype)
+      return self.load((id(r.target), r.shift, r.axes)).astype(r.target.dtype)
+    raise TypeError(f"pallas backend cannot evaluate {e!r} in an RDom update")
+
+
+def _update_operands(u: _UpdateStep, bufs: dict, params: dict, kind: str, steps: tuple):
+  """(order, args) of the scalars and RDom windows an update step reads."""
+  order: list[tuple[Any, str]] = []
+  args = []
+  seen: set = set()
+  for r in u.reads.values():
+    key = id(r.target) if r.kind == "scalar" else (id(r.target), r.shift, r.axes)
+    if key in seen:
+      continue
+    seen.add(key)
+    if r.kind == "scalar":
+      a = bufs[key][0].reshape(-1)
+      if kind == "tpu":  # SMEM holds 32-bit words
+        a = a.astype(jnp.float32 if a.dtype.kind == "f" else jnp.int32)
+      order.append((key, "scalar"))
+      args.append(a)
+      continue
+    arr, amin = bufs[id(r.target)]
+    lo = [c if d < 0 else u.rmin[d] + c for c, d in zip(r.shift, r.axes, strict=True)]
+    size = [1 if d < 0 else steps[d] * u.block[d] for d in r.axes]
+    win = _prepare(arr, amin, lo, size)
+    order.append((key, "buf"))
+    args.append(win.reshape(steps[0] * u.block[0], steps[1] * u.block[1]))
+  for e in (u.index, u.value):
+    for node in [] if e is None else ir.walk(e):
+      if isinstance(node, ir.Param) and id(node) not in seen:
+        seen.add(id(node))
+        a = jnp.asarray(params[id(node)]).reshape(1)
+        if kind == "tpu":
+          a = a.astype(jnp.float32 if a.dtype.kind == "f" else jnp.int32)
+        order.append((id(node), "scalar"))
+        args.append(a)
+  return order, args
+
+
+def _scatter_body(*refs, u: _UpdateStep, f: ir.Func, kind: str, order, n_pad: int, fmin: int):
+  """One RDom block: per row, a one-hot compare of its bins against all of f's bins, reduced
+  along the row (lanes). TPU: the output block is all of f, resident over the ("arbitrary")
+  grid and initialised from f's current values at the first step. GPU: one partial per block."""
+  n_in = len(order)
+  ins, cur_ref, out_ref, scratch = refs[:n_in], refs[n_in], refs[n_in + 1], refs[n_in + 2 :]
+  by_key = {key: r for (key, _), r in zip(order, ins, strict=True)}
+  by, bx = u.block
+  src = dict(by_key)
+  if kind == "tpu":  # rows are loaded at dynamic offsets: only unpacked (32-bit) layouts
+    narrow = [key for key, what in order if what == "buf" and by_key[key].dtype.itemsize < 4]
+    for key, scr in zip(narrow, scratch, strict=True):
+      scr[...] = by_key[key][...].astype(scr.dtype)
+      src[key] = scr
+  i0 = pl.program_id(0) * by
+  j0 = pl.program_id(1) * bx
+  dt = f.dtype
+  ident = _identity(u.op, dt)
+  bins = lax.broadcasted_iota(jnp.int32, (n_pad, 1), 0) + fmin
+  lanes = lax.broadcasted_iota(jnp.int32, (1, bx), 1)
+
+  def body(r, acc):
+    origin = (u.rmin[0] + i0 + r, u.rmin[1] + j0)
+    ev = _REval(u, kind, by_key, origin, (1, bx), lambda key: src[key][pl.ds(r, 1), :])
+    idx = jnp.broadcast_to(jnp.asarray(ev(u.index)).astype(jnp.int32), (1, bx))
+    val = jnp.broadcast_to(jnp.asarray(ev(u.value)).astype(dt), (1, bx))
+    valid = (i0 + r < u.rext[0]) & (j0 + lanes < u.rext[1])  # ragged RDom blocks
+    hit = (idx == bins) & valid  # [n_pad, bx]
+    part = _REDUCE[u.op](jnp.where(hit, val, jnp.asarray(ident, dt)), axis=1, keepdims=True)
+    return _COMBINE[u.op](acc, part)
+
+  acc = lax.fori_loop(0, by, body, jnp.full((n_pad, 1), ident, dt))
+  if kind == "gpu":
+    out_ref[...] = acc.reshape(1, n_pad, 1)
+    return
+
+  @pl.when((pl.program_id(0) == 0) & (pl.program_id(1) == 0))
+  def _():
+    out_ref[...] = cur_ref[...]
+
+  out_ref[...] = _COMBINE[u.op](out_ref[...], acc)
+
+
+def _scan_body(*refs, u: _UpdateStep, f: ir.Func, kind: str, order, n_pad: int, fmin: int):
+  """``f[i] = f[rmin - 1] + sum(e[j] for rmin <= j <= i)`` for i in the scan's range, as a
+  triangular compare-and-sum over all (bin, point) pairs: exact for integers."""
+  n_in = len(order)
+  ins, cur_ref, base_ref, out_ref = refs[:n_in], refs[n_in], refs[n_in + 1], refs[n_in + 2]
+  by_key = {key: r for (key, _), r in zip(order, ins, strict=True)}
+  bx = u.block[1]
+  dt = f.dtype
+  ev = _REval(u, kind, by_key, (0, u.rmin[1]), (1, bx), lambda key: by_key[key][...])
+  e = jnp.broadcast_to(jnp.asarray(ev(u.value)).astype(dt), (1, bx))
+  lanes = lax.broadcasted_iota(jnp.int32, (1, bx), 1)
+  i = lax.broadcasted_iota(jnp.int32, (n_pad, 1), 0) + fmin
+  hit = (lanes + u.rmin[1] <= i) & (lanes < u.rext[1])
+  s = jnp.sum(jnp.where(hit, e, jnp.zeros((), dt)), axis=1, keepdims=True)
+  base = base_ref[0] if kind == "tpu" else base_ref[pl.ds(0, 1)].reshape(1, 1)
+  inside = (i >= u.rmin[1]) & (i < u.rmin[1] + u.rext[1])
+  out_ref[...] = jnp.where(inside, base.astype(dt) + s, cur_ref[...])
+
+
+def _run_update(u: _UpdateStep, fp: L.FuncPlan, arr, bufs, params, kind, interpret, num_warps):
+  """One update step of a 1-D Func: ``arr`` (its current values) -> the updated values."""
+  f = fp.func
+  fmin, n = fp.region[0]
+  n_pad = _pow2(n) if kind == "gpu" else _round_up(n, 8)
+  steps = tuple(-(-e // b) for e, b in zip(u.rext, u.block, strict=True))
+  order, args = _update_operands(u, bufs, params, kind, steps)
+  smem = pltpu.SMEM if kind == "tpu" else pl.ANY
+  cur = jnp.pad(arr, (0, n_pad - n)).reshape(n_pad, 1)
+  whole = pl.BlockSpec((n_pad, 1), lambda *_: (0, 0))
+  specs = [
+    pl.BlockSpec(memory_space=smem)
+    if what == "scalar"
+    else pl.BlockSpec(u.block, lambda i, j: (i, j))
+    for _, what in order
+  ]
+  static = dict(u=u, f=f, kind=kind, order=order, n_pad=n_pad, fmin=fmin)
+  name = f"jaxsched_{f.name}_update"
+  if u.kind == "scan":
+    base = lax.dynamic_slice_in_dim(arr, u.rmin[1] - 1 - fmin, 1)
+    if kind == "tpu":
+      base = base.astype(jnp.float32 if base.dtype.kind == "f" else jnp.int32)
+    params_c = None
+    if not interpret:
+      params_c = pltpu.CompilerParams() if kind == "tpu" else _triton_params(num_warps)
+    out = pl.pallas_call(
+      functools.partial(_scan_body, **static),
+      out_shape=jax.ShapeDtypeStruct((n_pad, 1), f.dtype),
+      grid=(1, 1),
+      in_specs=[*specs, whole, pl.BlockSpec(memory_space=smem)],
+      out_specs=whole,
+      compiler_params=params_c,
+      interpret=interpret,
+      name=name,
+    )(*args, cur, base)
+    return out.reshape(n_pad)[:n]
+  scratch = []
+  if kind == "tpu":
+    for (_, what), a in zip(order, args, strict=True):
+      if what == "buf" and a.dtype.itemsize < 4:
+        scratch.append(pltpu.VMEM(u.block, jnp.float32 if a.dtype.kind == "f" else jnp.int32))
+  params_c = None
+  if not interpret:
+    if kind == "tpu":  # the accumulator is resident: both grid axes are sequential
+      params_c = pltpu.CompilerParams(dimension_semantics=("arbitrary", "arbitrary"))
+    else:
+      params_c = _triton_params(num_warps)
+  if kind == "tpu":
+    out_shape = jax.ShapeDtypeStruct((n_pad, 1), f.dtype)
+    out_spec = whole
+  else:  # Triton programs run in parallel: one partial per RDom block, combined below
+    out_shape = jax.ShapeDtypeStruct((steps[0] * steps[1], n_pad, 1), f.dtype)
+    out_spec = pl.BlockSpec((1, n_pad, 1), lambda i, j: (i * steps[1] + j, 0, 0))
+  out = pl.pallas_call(
+    functools.partial(_scatter_body, **static),
+    out_shape=out_shape,
+    grid=steps,
+    in_specs=[*specs, whole],
+    out_specs=out_spec,
+    scratch_shapes=scratch,
+    compiler_params=params_c,
+    interpret=interpret,
+    name=name,
+  )(*args, cur)
+  if kind == "gpu":
+    red = {"add": jnp.sum, "max": jnp.max, "min": jnp.min}[u.op]
+    out = _COMBINE[u.op](red(out, axis=0), cur)
+  return out.reshape(n_pad)[:n]
+
+
+def _triton_params(num_warps: int) -> Any:
+  return pl_triton.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -754,11 +1291,37 @@ def _lowerings(p: L.Plan, image_shapes, kind: str) -> list[tuple[L.FuncPlan, Any
   return out
 
 
+def _update_detail(k: _UpdateKernel, kind: str) -> str:
+  parts = ["initial values (pure definition) by XLA"]
+  for j, u in enumerate(k.steps, start=1):
+    steps = [-(-e // b) for e, b in zip(u.rext, u.block, strict=True)]
+    tile = ("default " if u.default_tile else "") + f"tile {u.tile}"
+    if u.kind == "scan":
+      parts.append(
+        f"update {j}: prefix scan over {u.rext[1]} points as one triangular compare-and-sum "
+        f"kernel (block {u.block})"
+      )
+      continue
+    acc = (
+      "one resident accumulator over an 'arbitrary' grid"
+      if kind == "tpu"
+      else "one partial per block, combined by XLA"
+    )
+    parts.append(
+      f"update {j}: scatter-{u.op} (one-hot compare per RDom row) over RDom {tile}, block "
+      f"{u.block}, grid {steps}, {acc}"
+    )
+  return "; ".join(parts)
+
+
 def _report(lows, kind: str) -> PallasReport:
   rep = []
   for fp, k in lows:
     if isinstance(k, str):
       rep.append(FuncReport(fp.func.name, "xla", k))
+      continue
+    if isinstance(k, _UpdateKernel):
+      rep.append(FuncReport(fp.func.name, "pallas", _update_detail(k, kind)))
       continue
     kids = [kp.func.name for kp, _ in k.children]
     grid = [(k.fp.func.args[d].name, n, s) for d, n, s in k.grid]
@@ -766,6 +1329,11 @@ def _report(lows, kind: str) -> PallasReport:
     detail = f"{tile}, block {k.block}, grid {grid}"
     if kids:
       detail += f", computes {kids} per block + halo"
+    if k.lut_range:
+      tabs = sorted(
+        {r.target.name for rd in k.reads.values() for r in rd.values() if r.kind == "lut"}
+      )
+      detail += f", looks up {tabs} in-kernel (data-dependent index: a compare-select loop)"
     # store_at an outer loop (Halide's sliding window): no carried scratch window yet, so the
     # kernel recomputes the overlap per block. Say so rather than pretend the reuse happens.
     slid = [c.func.name for c in (fp.group.children if fp.group else []) if c.mode != "tile"]
@@ -841,7 +1409,12 @@ def execute(
       bufs[id(img)] = (arr, [0] * arr.ndim)
     for fp, k in lows:
       mins = [m for m, _ in fp.region]
-      if not isinstance(k, str):
+      if isinstance(k, _UpdateKernel):
+        exts = tuple(e for _, e in fp.region)
+        arr = _xla._eval_pure(fp, mins, exts, bufs, params)  # initial values
+        for u in k.steps:
+          arr = _run_update(u, fp, arr, bufs, params, kind, interpret, num_warps)
+      elif not isinstance(k, str):
         arr = _run_kernel(k, bufs, params, kind, interpret, num_warps)
       else:  # no kernel for this Func: the XLA backend evaluates it
         arr = _xla.eval_root(p, fp, bufs, params)
@@ -978,13 +1551,32 @@ def _ll_tiled(g: Any, ty: int, tx: int) -> None:
   g.funcs["inGPyramid0"].tile(x, y, "xo", "yo", "xi", "yi", tx, ty)
 
 
+def _hist_eq(ty: int, tx: int) -> Callable[[Any], None]:
+  def sched(g: Any) -> None:
+    v = g.vars
+    g.funcs["equalized"].tile(v["x"], v["y"], v["xo"], v["yo"], v["xi"], v["yi"], tx, ty)
+    g.funcs["hist"].update(0).split("r.x", "rxo", "rxi", tx).split("r.y", "ryo", "ryi", ty)
+
+  sched.__doc__ = (
+    f"hist's RDom and the lookup in {ty}x{tx} blocks (uint8: TPU blocks take 32-row multiples)."
+  )
+  return sched
+
+
 # The apps below read through gathers (lookup tables, pyramids' 2x/x/2 resampling, trilinear
 # slicing) or reduce with RDom updates: those Funcs run as XLA ops between the kernels (see
 # ``describe``); their stencil stages are kernels.
 _CAMERA_ROOT = ["curve", "g_gr", "r_r", "b_b", "g_gb"]
 PALLAS_SCHEDULES.update(
   {
-    "histogram_equalize": ({"default": _roots([])}, "default"),
+    "histogram_equalize": (
+      {
+        "default": _roots([]),
+        "tiled": _hist_eq(32, 256),
+        "tiled_small": _hist_eq(32, 128),
+      },
+      "tiled",
+    ),
     "camera_pipe": (
       {
         "root": _roots(["curve", "denoised", *_CAMERA_ROOT[1:]]),
@@ -999,7 +1591,7 @@ PALLAS_SCHEDULES.update(
         "tiled": _grid_tiles(["blurz", "blurx", "blury"], 8),
         "tiled_small": _grid_tiles(["blurz", "blurx", "blury"], 8, 4),
       },
-      "root",
+      "tiled",
     ),
     "local_laplacian": (
       {
@@ -1007,7 +1599,7 @@ PALLAS_SCHEDULES.update(
         "tiled": lambda g: _ll_tiled(g, 16, 128),
         "tiled_small": lambda g: _ll_tiled(g, 8, 128),
       },
-      "root",
+      "tiled",
     ),
   }
 )
