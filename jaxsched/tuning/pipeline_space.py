@@ -417,20 +417,27 @@ def schedule_space(app: str, shape: tuple[int, ...], *, backend: str = "xla",
   return PipelineSpace(app, shape, backend=backend, check_plan=check_plan)
 
 
-@functools.lru_cache(maxsize=64)
-def _space_cached(app: str, shape: tuple[int, ...], backend: str, options: str) -> PipelineSpace:
-  import json
-
-  opts = json.loads(options)
-  return PipelineSpace(app, shape, backend=backend, **opts["space"], **opts["build"])
+# Spaces built with non-default arguments, keyed by their canonical JSON but built from the
+# original objects (a JSON round trip would turn e.g. ``dtype=jnp.float16`` into a string).
+_SPACES: dict[tuple, PipelineSpace] = {}
+_MAX_SPACES = 64
 
 
 def _space(app: str, shape: Sequence[int], backend: str, build_kwargs: Mapping[str, Any],
            space_kwargs: Mapping[str, Any] | None = None) -> PipelineSpace:
+  shape = _check_shape(shape)
   if not build_kwargs and not space_kwargs:
-    return schedule_space(app, _check_shape(shape), backend=backend)
+    return schedule_space(app, shape, backend=backend)
   options = {"space": dict(space_kwargs or {}), "build": dict(build_kwargs)}
-  return _space_cached(app, _check_shape(shape), backend, dbm.canonical_config(options))
+  key = (app, shape, backend, dbm.canonical_config(options))
+  ps = _SPACES.get(key)
+  if ps is None:
+    if len(_SPACES) >= _MAX_SPACES:
+      _SPACES.pop(next(iter(_SPACES)))
+    ps = _SPACES[key] = PipelineSpace(
+      app, shape, backend=backend, **options["space"], **options["build"]
+    )
+  return ps
 
 
 def apply_schedule(g: Any, config: Mapping[str, Any], *, shape: Sequence[int],

@@ -236,3 +236,23 @@ def test_kernel_stale_database_record_falls_back(tmp_path, monkeypatch):
                    "num_stages": 3})
   assert kconfig.lookup_config("matmul", shapes, "float32", "h100") == kconfig.default_config(
     "matmul", shapes, "float32", "h100")
+
+
+def test_tuned_schedule_with_non_json_build_arguments(tmp_path):
+  """Build arguments that are not JSON values (a dtype) reach the app unchanged: the space cache
+  is keyed by their canonical JSON but built from the objects (it used to round-trip them)."""
+  import jax.numpy as jnp
+
+  shape = (24, 40)
+  kw = {"dtype": jnp.float16}
+  space = ps.PipelineSpace("blur", shape, **kw)
+  config = next(
+    c for c in (space.space.knobs_to_config(k) for k in space.space.iter_valid())
+    if c != space.default_config()
+  )
+  path = tmp_path / "fp16.sqlite"
+  with dbm.TuningDatabase(path) as db:
+    _add(db, ps.pipeline_workload("blur", shape, **kw), config, 1e-3)
+  assert ps.tuned_schedule("blur", shape, db=path, target=TARGET, **kw) == config
+  g = ps.make_tuned("blur", shape, db=str(path), target=TARGET, **kw)
+  assert g.schedule_source == "tuned" and g.pipeline.images[0].dtype == np.float16
