@@ -21,9 +21,12 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   (buffer, shift) is loaded once, loads hit L1/L2). TPU (Mosaic): each input window
   (block + halo, rounded to (8, 128)) is DMA'd into VMEM scratch once per grid step; producers
   are evaluated once over that window and every shifted tap is a ``pltpu.roll`` of a VMEM value,
-  so no unaligned slice is ever taken. A sliding window (``store_at`` an outer loop) is computed
-  as overlapped tiling at the block level: same results, more recompute; :func:`describe` says so
-  for each such producer.
+  so no unaligned slice is ever taken. A sliding window (``store_at`` an outer loop) on TPU, when
+  the producer is computed at the innermost grid axis and stored outside it, is a carried
+  ``pltpu.VMEM`` window on that (``"arbitrary"``) axis: computed whole at the first step of each
+  store scope, then only the new rows of each block (see ``_plan_slide``). Otherwise (and always
+  on GPU) it is overlapped tiling: same results, more recompute. :func:`describe` says which,
+  and why, for each such producer.
 * Inputs are edge-extended once (XLA ``pad`` before the kernel) so that reads clamped to a
   buffer's edges (``boundary.repeat_edge``) become plain shifted loads, and blocks may run past
   the image: image sizes that are not a multiple of the block are padded, and the padding is
@@ -293,6 +296,9 @@ class _Kernel:
   grid: list[tuple[int, int, str]]  # (array dim, steps, "parallel" | "arbitrary"), outermost 1st
   default_tile: bool
   lut_range: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # table region
+  # TPU carried sliding window: (child func, array dim, grid axis) or None; slide_note says why not.
+  slide: tuple[Any, int, int] | None = None
+  slide_note: str = ""
 
 
 def _block_rule(
@@ -432,7 +438,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
     reads[id(v)] = rd
     values.append(v)
   tile, block, grid, default = _schedule_blocks(fp, kind, dtypes)
-  return _Kernel(
+  k = _Kernel(
     fp,
     values[-1],
     list(zip(kids, values[:-1], strict=True)),
@@ -443,6 +449,62 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
     default,
     luts,
   )
+  _plan_slide(k, kind)
+  return k
+
+
+def _plan_slide(k: _Kernel, kind: str) -> None:
+  """Decides whether a ``store_at`` producer runs as a carried sliding window (TPU only).
+
+  Eligible: one producer, stored outside the loop it is computed at (``compute_at(out, vo)``
+  with ``vo`` the outer loop of a split dim ``d``, one of the last two), ``vo`` the innermost
+  grid axis (so its steps run in order inside each store scope), a producer that reads only
+  buffers and scalars (no nested producer, no LUT), and a halo along ``d``. The grid axis
+  becomes ``"arbitrary"``. Otherwise the producer runs as overlapped tiling and ``slide_note``
+  says why.
+  """
+  fp = k.fp
+  slid = [c for c in (fp.group.children if fp.group else []) if c.mode != "tile"]
+  if not slid:
+    return
+  if kind != "tpu":
+    k.slide_note = "Triton programs run in parallel, so no state is carried between blocks"
+    return
+  if len(k.children) != 1:
+    k.slide_note = "a carried window is implemented for a single compute_at producer only"
+    return
+  g = slid[0].func
+  comp = g.sched.compute
+  st = fp.func.definitions[0].schedule
+  names = [v.name for v in fp.func.args]
+  outer = {o: names.index(old) for old, o, _, _ in st.splits}
+  vc = comp[2] if comp and comp[0] == "at" else None
+  if vc not in outer:
+    k.slide_note = (
+      f"it is computed at loop {vc!r}, inside the block (the block is the finest tile Pallas "
+      "has), so each store scope is one block"
+    )
+    return
+  d = outer[vc]
+  nd = fp.func.ndim
+  if not k.grid or k.grid[-1][0] != d:
+    k.slide_note = f"loop {vc!r} is not the innermost multi-step grid axis"
+    return
+  if d < nd - 2:
+    k.slide_note = f"the slid dim {names[d]!r} is not one of the last two (the (8, 128) tile)"
+    return
+  v = k.children[0][1]
+  rd = k.reads[id(v)]
+  if any(r.kind not in ("buf", "scalar") for r in rd.values()):
+    k.slide_note = f"producer {g.name} reads another producer or a LUT"
+    return
+  shifts = [r.shift[d] for r in k.reads[id(k.value)].values() if r.kind == "child"]
+  if not shifts or max(shifts) == min(shifts):
+    k.slide_note = f"the consumer has no halo along {names[d]!r}: nothing to reuse"
+    return
+  axis = len(k.grid) - 1
+  k.grid[axis] = (d, k.grid[axis][1], "arbitrary")
+  k.slide = (g, d, axis)
 
 
 def _walk_no_args(e: ir.Expr, reads: dict[int, _Read]):
@@ -469,6 +531,7 @@ class _Layout:
   scalars: dict[int, Any]  # id(target) -> target (tables and params)
   bcast: dict[int, tuple[int, ...]]  # lower-rank buffers: the consumer dim of each of their dims
   domain: tuple[int, ...]  # evaluation shape (GPU: the block; TPU: the aligned window)
+  win: tuple[int, ...] = ()  # TPU input window shape (domain, + the input halo when sliding)
 
 
 def _layout(k: _Kernel, kind: str) -> _Layout:
@@ -534,7 +597,15 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
       align = 128 if d == nd - 1 else (sub if d == nd - 2 else 1)
       dom.append(_round_up(k.block[d] + int(span[d]), align))
     domain = tuple(dom)
-  return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain)
+    win = list(domain)
+    if k.slide is not None:
+      # Later steps evaluate the producer over the window's last rows only: the input window
+      # then needs the producer's own halo past the window (rolls must not wrap into them).
+      d = k.slide[1]
+      align = 128 if d == nd - 1 else sub
+      win[d] = domain[d] + _round_up(int(span[d]), align)
+    return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, tuple(win))
+  return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, domain)
 
 
 def _targets_of(k: _Kernel) -> list[Any]:
@@ -573,8 +644,17 @@ def _binop(op: str, a: Any, b: Any) -> Any:
 class _Eval:
   """Evaluates kernel expressions over the domain shifted by ``s`` from the block origin."""
 
-  def __init__(self, k: _Kernel, lay: _Layout, kind: str, block0, refs: dict, windows: dict):
+  def __init__(
+    self, k: _Kernel, lay: _Layout, kind: str, block0, refs: dict, windows: dict, sub=None
+  ):
     self.k, self.lay, self.kind = k, lay, kind
+    # sub = (dim, offset, rows): evaluate over rows [offset, offset + rows) of the domain only.
+    self.sub = sub
+    dom = list(lay.domain)
+    if sub is not None:
+      dom[sub[0]] = sub[2]
+    self.dom = tuple(dom)
+    self.carry: dict = {}
     self.block0 = block0  # traced block origin per dim (region coordinates)
     self.refs, self.windows = refs, windows
     self.names = [v.name for v in k.fp.func.args]
@@ -600,8 +680,9 @@ class _Eval:
       return e.value if e.weak else np.asarray(e.value, e.dtype)
     if isinstance(e, ir.Var):
       d = self.names.index(e.name)
-      io = lax.broadcasted_iota(jnp.int32, self.lay.domain, d)
-      return io + (self.block0[d] + s[d])
+      io = lax.broadcasted_iota(jnp.int32, self.dom, d)
+      off = self.sub[1] if self.sub is not None and self.sub[0] == d else 0
+      return io + (self.block0[d] + s[d] + off)
     if isinstance(e, ir.Param):
       return self._scalar(e, 0, e.dtype)
     if isinstance(e, ir.BinOp):
@@ -641,14 +722,14 @@ class _Eval:
     t = r.target
     lo, hi = self.k.lut_range[id(t)]
     idx = jnp.clip(jnp.asarray(self.ev(r.expr, s)).astype(jnp.int32), lo, hi) - lo
-    idx = jnp.broadcast_to(idx, self.lay.domain)
+    idx = jnp.broadcast_to(idx, self.dom)
 
     wide = t.dtype if t.dtype.itemsize >= 4 else (jnp.float32 if t.dtype.kind == "f" else jnp.int32)
 
     def body(j, acc):  # selects in 32 bits: Mosaic's narrow vector support is partial
       return jnp.where(idx == j, self._scalar(t, j, wide), acc)
 
-    out = lax.fori_loop(0, hi - lo + 1, body, jnp.zeros(self.lay.domain, wide))
+    out = lax.fori_loop(0, hi - lo + 1, body, jnp.zeros(self.dom, wide))
     return out.astype(t.dtype)
 
   def _buf(self, q: Any, t: tuple[int, ...]) -> Any:
@@ -662,7 +743,10 @@ class _Eval:
       return self.refs[id(q)][idx]
     x = self.windows[id(q)]
     for d in range(len(t)):
-      x = _roll(x, int(t[d] - lo[d]), d)
+      off = self.sub[1] if self.sub is not None and self.sub[0] == d else 0
+      x = _roll(x, int(t[d] - lo[d]) + off, d)
+    if x.shape != self.dom:  # the (larger) sliding input window: aligned slice at 0
+      x = x[tuple(slice(0, n) for n in self.dom)]
     return x.astype(q.dtype)
 
   def _child(self, g: Any, t: tuple[int, ...]) -> Any:
@@ -676,6 +760,8 @@ class _Eval:
         self.child_memo[key] = jnp.broadcast_to(jnp.asarray(out).astype(g.dtype), self.lay.domain)
       return self.child_memo[key]
     o = tuple(int(x) for x in self.lay.child_origin[id(g)])
+    if id(g) not in self.child_memo and self.k.slide is not None and self.k.slide[0] is g:
+      self.child_memo[id(g)] = self._slide(g, v, o)
     if id(g) not in self.child_memo:
       saved = self.cur
       out = self.value(v, o)
@@ -685,6 +771,36 @@ class _Eval:
     for d in range(len(t)):
       x = _roll(x, t[d] - o[d], d)
     return x
+
+  def _slide(self, g: Any, v: ir.Expr, o: tuple[int, ...]) -> Any:
+    """The producer's window from the carried VMEM scratch: computed whole at the first step
+    of the store scope; later steps shift the kept part by one block and compute only the block's
+    new rows (fresh evaluators per branch: values traced in a branch must not be memoised)."""
+    _, d, axis = self.k.slide
+    cs = self.carry[id(g)]
+    w, n = self.lay.domain[d], self.k.block[d]
+
+    def sl(a: int, b: int) -> tuple:
+      return tuple(slice(a, b) if e == d else slice(None) for e in range(len(self.dom)))
+
+    def fresh(sub=None) -> Any:
+      ev = _Eval(self.k, self.lay, self.kind, self.block0, self.refs, self.windows, sub)
+      out = ev.value(v, o)
+      return jnp.broadcast_to(jnp.asarray(out).astype(cs.dtype), ev.dom)
+
+    step = pl.program_id(axis)
+
+    @pl.when(step == 0)
+    def _():
+      cs[...] = fresh()
+
+    @pl.when(step > 0)
+    def _():
+      old = cs[...]
+      cs[sl(0, w - n)] = old[sl(n, w)]
+      cs[sl(w - n, w)] = fresh((d, w - n, n))
+
+    return cs[...].astype(g.dtype)
 
 
 def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_dims: list):
@@ -697,16 +813,20 @@ def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_d
   for axis, (d, _, _) in enumerate(grid_dims):
     block0[d] = block0[d] + pl.program_id(axis) * k.block[d]
   windows = {}
+  carry = {}
+  if kind == "tpu" and k.slide is not None:
+    carry[id(k.slide[0])], scratch = scratch[-1], scratch[:-1]
   if kind == "tpu":
     bufs = [(key, what) for key, what in order if what == "buf"]
     for (key, _), win in zip(bufs, scratch, strict=True):
-      idx = tuple(pl.ds(block0[d] - fr[d][0], lay.domain[d]) for d in range(len(fr)))
+      idx = tuple(pl.ds(block0[d] - fr[d][0], lay.win[d]) for d in range(len(fr)))
       pltpu.sync_copy(by_id[key].at[idx], win)
       w = win[...]
       if w.dtype.itemsize < 4:  # Mosaic rotates only unpacked (32-bit) vregs
         w = w.astype(jnp.float32 if w.dtype.kind == "f" else jnp.int32)
       windows[key] = w
   ev = _Eval(k, lay, kind, block0, by_id, windows)
+  ev.carry = carry
   val = jnp.asarray(ev.value(k.value, (0,) * len(fr))).astype(k.fp.func.dtype)
   val = jnp.broadcast_to(val, lay.domain)
   if kind == "tpu":
@@ -761,12 +881,16 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
         for d in range(nd)
       ]
     else:
-      size = [(steps[d] - 1) * k.block[d] + lay.domain[d] for d in range(nd)]
+      size = [(steps[d] - 1) * k.block[d] + lay.win[d] for d in range(nd)]
     args.append(_prepare(arr, amin, lo, size))
     order.append((key, "buf"))
     in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
     if kind == "tpu":
-      scratch.append(pltpu.VMEM(lay.domain, arr.dtype))
+      scratch.append(pltpu.VMEM(lay.win, arr.dtype))
+  if kind == "tpu" and k.slide is not None:  # the carried producer window (32-bit rows)
+    g = k.slide[0]
+    dt = g.dtype if g.dtype.itemsize >= 4 else (jnp.float32 if g.dtype.kind == "f" else jnp.int32)
+    scratch.append(pltpu.VMEM(lay.domain, dt))
   grid_dims = k.grid
   gpos = {d: a for a, (d, _, _) in enumerate(grid_dims)}
 
@@ -1334,16 +1458,41 @@ def _report(lows, kind: str) -> PallasReport:
         {r.target.name for rd in k.reads.values() for r in rd.values() if r.kind == "lut"}
       )
       detail += f", looks up {tabs} in-kernel (data-dependent index: a compare-select loop)"
-    # store_at an outer loop (Halide's sliding window): no carried scratch window yet, so the
-    # kernel recomputes the overlap per block. Say so rather than pretend the reuse happens.
+    # store_at an outer loop (Halide's sliding window): a carried VMEM window on TPU when the
+    # schedule allows it, else overlapped tiling. Say which, with the producer rows computed.
     slid = [c.func.name for c in (fp.group.children if fp.group else []) if c.mode != "tile"]
-    if slid:
+    if k.slide is not None:
+      st = slide_stats(k)
+      detail += (
+        f"; sliding window (store_at) of {slid} as a carried VMEM window along "
+        f"{k.fp.func.args[st['dim']].name!r} (grid axis {st['axis']} 'arbitrary'): per store "
+        f"scope {st['window']} rows first, then {st['new']} new rows per step; producer rows "
+        f"computed {st['rows']} (overlapped tiling would compute {st['overlapped_rows']})"
+      )
+    elif slid:
       detail += (
         f"; sliding window (store_at) of {slid} computed as overlapped tiling: no reuse "
-        "across blocks (a carried-scratch sliding window is not implemented)"
+        f"across blocks ({k.slide_note})"
       )
     rep.append(FuncReport(fp.func.name, "pallas", detail))
   return PallasReport(kind, rep)
+
+
+def slide_stats(k: _Kernel) -> dict[str, int]:
+  """Producer rows (along the slid dim) computed by a carried sliding-window kernel ``k``."""
+  _, d, axis = k.slide
+  lay = _layout(k, "tpu")
+  w, n = lay.domain[d], k.block[d]
+  steps = k.grid[axis][1]
+  scopes = int(np.prod([s for _, s, _ in k.grid[:axis]] or [1]))
+  return {
+    "dim": d,
+    "axis": axis,
+    "window": w,
+    "new": n,
+    "rows": scopes * (w + (steps - 1) * n),
+    "overlapped_rows": scopes * steps * w,
+  }
 
 
 def describe(

@@ -542,8 +542,9 @@ def test_unregistered_pallas_backend_says_what_to_import(monkeypatch):
     apps.make("blur").compile("pallas")
 
 
-# Sliding window: store_at(out, yo) + compute_at(out, yi). Lowered as overlapped tiling (no
-# carried scratch yet): results must still be exact, and describe() must say so.
+# Sliding window with store_at(out, yo) + compute_at(out, yi): the producer is computed at a loop
+# inside the block, so each store scope is one block: overlapped tiling on both targets. Results
+# must still be exact, and describe() must say so (and why).
 
 
 def _sliding(ty, tx):
@@ -572,6 +573,9 @@ def test_sliding_window_blur_equals_numpy_and_xla(kind, ty, tx, shape):
   rep = pb.describe(g.pipeline, shape, target=kind)
   line = str(rep.funcs[-1])
   assert "sliding window" in line and "blur_x" in line and "overlapped tiling" in line
+  assert "carried VMEM window" not in line
+  if kind == "tpu":
+    assert "computed at loop 'yi', inside the block" in line
 
 
 def test_sliding_window_interpret_params_matches_numpy():
@@ -592,3 +596,94 @@ def test_sliding_window_compiles_deviceless(tgt, ty, tx):
   spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
   text = targets.compile_for(lambda a: fn(a), spec, target=tgt).as_text()
   assert ("triton" in text.lower()) if kind == "gpu" else ("tpu_custom_call" in text)
+
+
+# Carried sliding window (TPU): the producer is stored outside the grid axis it is computed at
+# (store_root / store_at an outer loop, compute_at the outer loop of the slid dim), so that grid
+# axis runs in order and the producer's window is kept in VMEM scratch between steps.
+
+
+def _carried(ty, tx):
+  def sched(g):
+    v = g.vars
+    by, bx = g.funcs["blur_y"], g.funcs["blur_x"]
+    if tx is None:  # y-only split: one store scope, the window slides down the whole image
+      by.split(v["y"], v["yo"], v["yi"], ty)
+      bx.store_root().compute_at(by, v["yo"])
+    else:  # 2-D tiles, columns outermost: one store scope per column strip, slid down y
+      by.tile(v["x"], v["y"], v["xo"], v["yo"], v["xi"], v["yi"], tx, ty)
+      by.reorder(v["yo"], v["xo"])
+      bx.store_at(by, v["xo"]).compute_at(by, v["yo"])
+
+  return sched
+
+
+@pytest.mark.parametrize(
+  "ty,tx,shape,interp",
+  [
+    (8, None, (37, 130), True),
+    (8, 128, (29, 300), True),
+    (16, 128, (35, 140), "params"),
+  ],
+)
+def test_carried_sliding_window_equals_numpy_and_xla(ty, tx, shape, interp):
+  a = _image(shape, seed=23)
+  g = _blur_graph(_carried(ty, tx))
+  ip = pltpu.InterpretParams() if interp == "params" else True
+  out = np.asarray(g.compile("pallas", target="tpu", interpret=ip)(a))
+  np.testing.assert_allclose(out, _blur_np(a), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, np.asarray(g.compile("xla")(a)), rtol=1e-5, atol=1e-6)
+  line = str(pb.describe(g.pipeline, shape, target="tpu").funcs[-1])
+  assert "carried VMEM window along 'y'" in line and "computed as overlapped tiling" not in line
+  assert f"('y', {-(-shape[0] // ty)}, 'arbitrary')" in line  # the slid axis is sequential
+
+
+def test_carried_sliding_window_gpu_stays_overlapped():
+  a = _image((29, 140), seed=24)
+  g = _blur_graph(_carried(8, 128))
+  out = np.asarray(g.compile("pallas", target="gpu", interpret=True)(a))
+  np.testing.assert_allclose(out, _blur_np(a), rtol=1e-5, atol=1e-6)
+  line = str(pb.describe(g.pipeline, (29, 140), target="gpu").funcs[-1])
+  assert "overlapped tiling" in line and "Triton programs run in parallel" in line
+
+
+@pytest.mark.parametrize("ty,tx,shape", [(8, None, (37, 130)), (8, 128, (29, 300))])
+def test_carried_sliding_window_reuses_rows(ty, tx, shape):
+  # Producer rows computed per store scope must be the scope's output rows + the halo window
+  # (not blocks x (block + halo)). Independent count: blur_y reads blur_x at y-1..y+1, which
+  # reads the input at y (no y halo), so the window is block + 2 rows rounded up to 8.
+  g = _blur_graph(_carried(ty, tx))
+  p = g.pipeline.plan(shape, [shape])
+  shapes = {id(i): tuple(shape) for i in p.images}
+  _, k = pb._lowerings(p, shapes, "tpu")[-1]
+  assert k.slide is not None
+  st = pb.slide_stats(k)
+  window = -(-(ty + 2) // 8) * 8
+  steps = -(-shape[0] // ty)
+  scopes = 1 if tx is None else -(-shape[1] // tx)
+  assert st["window"] == window and st["new"] == ty
+  assert st["rows"] == scopes * (steps * ty + window - ty)
+  assert st["overlapped_rows"] == scopes * steps * window
+  assert st["rows"] < st["overlapped_rows"]
+  line = str(pb.describe(g.pipeline, shape, target="tpu").funcs[-1])
+  assert f"producer rows computed {st['rows']}" in line
+
+
+def test_carried_sliding_window_under_vmap():
+  batch = np.stack([_image((21, 130), seed=s) for s in (25, 26)])
+  g = _blur_graph(_carried(8, None))
+  got = np.asarray(jax.vmap(g.compile("pallas", target="tpu", interpret=True))(batch))
+  for b in range(2):
+    np.testing.assert_allclose(got[b], _blur_np(batch[b]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ty,tx", [(8, None), (16, 128), (8, 128)])
+def test_carried_sliding_window_compiles_deviceless(ty, tx):
+  if "tpu-v5e" not in targets.available_targets():
+    pytest.skip("compiler plugin for tpu-v5e not installed")
+  g = _blur_graph(_carried(ty, tx))
+  fn = g.compile("pallas", target="tpu")
+  spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
+  assert "carried VMEM window" in str(pb.describe(g.pipeline, (64, 256), target="tpu"))
+  text = targets.compile_for(lambda a: fn(a), spec, target="tpu-v5e").as_text()
+  assert "tpu_custom_call" in text
