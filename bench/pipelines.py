@@ -31,8 +31,16 @@ conventions; where they differ, the bench adapts inputs and parameters (see :dat
 - camera_pipe: a different algorithm (see ``PEERS["camera_pipe"].differs``): compared only for
   information, timed as the nearest Halide peer, and marked as such.
 
+Timing hygiene (both on by default, both printed in the header): ``--settle`` pauses 20 ms
+before each timed call, so worker threads still spinning after the previous candidate's parallel
+job (XLA's, Halide's and OpenCV's pools all spin a while) do not steal a core; ``--allocator
+retain`` makes glibc keep freed memory (``mallopt``, for the whole process) so that per-call
+16 MB buffers do not cost fresh page faults, which in this VM swamp the kernels (blur 12 ms vs
+2.5 ms). ``--allocator default --settle 0`` measures glibc's defaults back to back.
+
   JAX_PLATFORMS=cpu python bench/pipelines.py [--size 2048] [--reps 10] [--apps blur harris]
       [--schedules manual mullapudi2016 adams2019] [--mismatch raise|warn]
+      [--settle 0.02] [--allocator retain|default]
 """
 
 from __future__ import annotations
@@ -92,8 +100,33 @@ def timeit(fn: Callable[[], object], reps: int) -> float:
   return float(np.median(ts) * 1e3)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, dict[str, float]]:
-  """Per candidate: median and min wall ms, median CPU ms, over ``reps`` interleaved rounds."""
+# Pause before each timed call: XLA's, Halide's and OpenCV's worker threads spin for a while
+# after a parallel job, and would otherwise steal a core from whichever candidate runs next
+# (seen: jaxsched's blur at 5.8 ms median right after OpenCV, 2.3 ms with the pause).
+SETTLE_S = 0.02
+
+
+def retain_freed_memory() -> None:
+  """glibc: keep freed memory in the heap instead of returning it to the OS (what
+  ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do), for this whole process.
+
+  XLA allocates its outputs on every call, and Halide its intermediate buffers; with glibc's
+  defaults every 16 MB buffer is fresh zero-filled pages, and page faults in this VM cost
+  2-10 ms a call, swamping the kernels being compared (blur: 12 ms vs 2.5 ms).
+  """
+  import ctypes
+
+  libc = ctypes.CDLL("libc.so.6")
+  m_trim_threshold, m_mmap_threshold = -1, -3
+  libc.mallopt(m_mmap_threshold, 1 << 30)
+  libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
+def interleaved(
+  fns: dict[str, Callable[[], object]], reps: int, settle: float = SETTLE_S
+) -> dict[str, dict[str, float]]:
+  """Per candidate: median and min wall ms, median CPU ms, over ``reps`` interleaved rounds
+  (``settle`` seconds of pause before each timed call)."""
   for fn in fns.values():  # warm-up (compilation) and a second call for caches
     jax.block_until_ready(fn())
     jax.block_until_ready(fn())
@@ -101,6 +134,8 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, di
   cpu: dict[str, list[float]] = {k: [] for k in fns}
   for _ in range(reps):
     for k, fn in fns.items():
+      if settle:
+        time.sleep(settle)
       t, c = time.perf_counter(), time.process_time()
       jax.block_until_ready(fn())
       wall[k].append((time.perf_counter() - t) * 1e3)
@@ -372,6 +407,7 @@ def run(
   names: list[str],
   schedules: tuple[str, ...] = HALIDE_SCHEDULES,
   mismatch: str = "raise",
+  settle: float = SETTLE_S,
 ) -> list[dict]:
   """Benchmarks ``names`` at ``size`` x ``size``; prints a table per app and returns the rows.
 
@@ -407,7 +443,7 @@ def run(
     if cv is not None:
       fns["opencv"] = cv
     load0 = os.getloadavg()[0]
-    stats = interleaved(fns, reps)
+    stats = interleaved(fns, reps, settle)
     load1 = os.getloadavg()[0]
     times = {k: v["median"] for k, v in stats.items()}
     best_js = min((k for k in times if k.startswith("jaxsched")), key=times.get)
@@ -455,8 +491,20 @@ def main() -> None:
     help="Halide schedules to compile and time (none: no Halide columns)",
   )
   ap.add_argument("--mismatch", default="raise", choices=("raise", "warn"))
+  ap.add_argument(
+    "--settle", type=float, default=SETTLE_S, help="seconds of pause before each timed call"
+  )
+  ap.add_argument(
+    "--allocator",
+    default="retain",
+    choices=("retain", "default"),
+    help="retain: glibc keeps freed memory (see retain_freed_memory); default: glibc's defaults",
+  )
   args = ap.parse_args()
-  run(args.size, args.reps, args.apps, tuple(args.schedules), args.mismatch)
+  if args.allocator == "retain":
+    retain_freed_memory()
+  print(f"allocator={args.allocator} settle={args.settle}s")
+  run(args.size, args.reps, args.apps, tuple(args.schedules), args.mismatch, args.settle)
 
 
 if __name__ == "__main__":
