@@ -309,27 +309,42 @@ def _block_rule(
   sub = _sublane(dtypes)
   out = []
   for d, (b, e) in enumerate(zip(req, exts, strict=True)):
-    if kind == "gpu":
-      if b is not None and b != _pow2(b):
-        raise ValueError(
-          f"Func {f.name}: tile {tile} breaks the Triton (GPU) rule 'block dims must be powers "
-          f"of two': dim {d} ({f.args[d].name}) has block {b}; use e.g. {_pow2(b)}"
-        )
-      out.append(_pow2(e) if b is None else min(b, _pow2(e)))
-      continue
     align = 128 if d == nd - 1 else (sub if d == nd - 2 else 1)
-    if b is None or b >= e:
-      out.append(_round_up(e, align))
-    elif b % align:
-      which = "last" if d == nd - 1 else "second-to-last"
-      raise ValueError(
-        f"Func {f.name}: tile {tile} breaks the TPU (8, 128) rule: the {which} block dim "
-        f"({f.args[d].name}) must be a multiple of {align} or cover the whole extent {e}; got "
-        f"block {b}"
+    which = "last" if d == nd - 1 else "second-to-last"
+    out.append(
+      _legal_block(
+        kind,
+        b,
+        e,
+        align,
+        f"Func {f.name}: tile {tile}",
+        f"dim {d} ({f.args[d].name})",
+        f"the {which} block dim ({f.args[d].name})",
       )
-    else:
-      out.append(b)
+    )
   return tuple(out)
+
+
+def _legal_block(
+  kind: str, b: int | None, e: int, align: int, what: str, gpu_dim: str, tpu_dim: str
+) -> int:
+  """The block for requested ``b`` (None: whole extent ``e``) under the target's rule, or a
+  ValueError naming ``what`` (Func and tile), the dim, the rule and the values."""
+  if kind == "gpu":
+    if b is not None and b != _pow2(b):
+      raise ValueError(
+        f"{what} breaks the Triton (GPU) rule 'block dims must be powers of two': {gpu_dim} "
+        f"has block {b}; use e.g. {_pow2(b)}"
+      )
+    return _pow2(e) if b is None else min(b, _pow2(e))
+  if b is None or b >= e:
+    return _round_up(e, align)
+  if b % align:
+    raise ValueError(
+      f"{what} breaks the TPU (8, 128) rule: {tpu_dim} must be a multiple of {align} or cover "
+      f"the whole extent {e}; got block {b}"
+    )
+  return b
 
 
 def _default_block(kind: str, exts: list[int]) -> list[int | None]:
@@ -1040,24 +1055,17 @@ def _update_block(
     if names[d] is None:
       block.append(1)
       continue
-    if kind == "gpu":
-      if b is not None and b != _pow2(b):
-        raise ValueError(
-          f"Func {f.name}: update tile {tile} breaks the Triton (GPU) rule 'block dims must be "
-          f"powers of two': {names[d]} has block {b}; use e.g. {_pow2(b)}"
-        )
-      block.append(_pow2(e) if b is None else min(b, _pow2(e)))
-      continue
-    align = 128 if d == 1 else sub
-    if b is None or b >= e:
-      block.append(_round_up(e, align))
-    elif b % align:
-      raise ValueError(
-        f"Func {f.name}: update tile {tile} breaks the TPU (8, 128) rule: {names[d]}'s block "
-        f"must be a multiple of {align} or cover the whole extent {e}; got block {b}"
+    block.append(
+      _legal_block(
+        kind,
+        b,
+        e,
+        128 if d == 1 else sub,
+        f"Func {f.name}: update tile {tile}",
+        names[d],
+        f"{names[d]}'s block",
       )
-    else:
-      block.append(b)
+    )
   return (block[0], block[1]), tile, default
 
 
