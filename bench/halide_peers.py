@@ -452,6 +452,93 @@ def _build_camera_pipe(
   return Algorithm([inp], out, (3, h, w), manual)
 
 
+# jaxsched's camera pipe (``jaxsched.pipelines.apps.camera_pipe``), written independently here.
+_GRBG_CCM = ((1.5, -0.25, -0.25), (-0.125, 1.25, -0.125), (-0.0625, -0.1875, 1.25))
+
+
+def _build_camera_pipe_grbg(in_shape: Sequence[int], *, gamma: float) -> Algorithm:
+  """Camera pipe on a GRBG Bayer raw, after Halide's ``apps/camera_pipe``.
+
+  Input ``(h, w)`` float32 holding 10-bit integers (the uint16 raw, exactly representable);
+  output ``(3, h, w)`` float32 holding uint8 values.
+
+  1. ``raw`` repeat-edged; hot pixels clipped: ``d = min(raw, max(raw[y, x -+ 2], raw[y -+ 2,
+     x]))``.
+  2. Half-resolution planes: ``g_gr[y, x] = d[2y, 2x]``, ``r_r = d[2y, 2x+1]``, ``b_b = d[2y+1,
+     2x]``, ``g_gb = d[2y+1, 2x+1]``; bilinear demosaic of the missing colours at each site
+     (averages of 2 or 4 neighbours), interleaved back to full resolution.
+  3. Colour matrix ``_GRBG_CCM`` (dyadic: exact on these values), then
+     ``curve[clamp(int32(v), 0, 1023)]`` with ``curve[i] = uint8(clamp((i / 1023) ** (1 / gamma)
+     * 255 + 0.5, 0, 255))``, a 1024-entry lookup table.
+  """
+  if gamma <= 0:
+    raise ValueError(f"{gamma=} must be > 0")
+  h, w = _spatial(in_shape)
+  x, y, c, i, yo, yi = _vars("x", "y", "c", "i", "yo", "yi")
+  # Algorithm
+  inp = hl.ImageParam(hl.Float(32), 2, "raw")
+  raw = hl.BoundaryConditions.repeat_edge(inp)
+  den = hl.Func("denoised")
+  nb = hl.max(hl.max(raw[x - 2, y], raw[x + 2, y]), hl.max(raw[x, y - 2], raw[x, y + 2]))
+  den[x, y] = hl.min(raw[x, y], nb)
+  g_gr, r_r, b_b, g_gb = (hl.Func(n) for n in ("g_gr", "r_r", "b_b", "g_gb"))
+  g_gr[x, y] = den[2 * x, 2 * y]
+  r_r[x, y] = den[2 * x + 1, 2 * y]
+  b_b[x, y] = den[2 * x, 2 * y + 1]
+  g_gb[x, y] = den[2 * x + 1, 2 * y + 1]
+  q, hf = _f32(0.25), _f32(0.5)
+  half = {n: hl.Func(n) for n in ("g_r", "g_b", "r_gr", "r_gb", "r_b", "b_gr", "b_gb", "b_r")}
+  half["g_r"][x, y] = (g_gr[x, y] + g_gr[x + 1, y] + g_gb[x, y - 1] + g_gb[x, y]) * q
+  half["g_b"][x, y] = (g_gr[x, y] + g_gr[x, y + 1] + g_gb[x - 1, y] + g_gb[x, y]) * q
+  half["r_gr"][x, y] = (r_r[x - 1, y] + r_r[x, y]) * hf
+  half["r_gb"][x, y] = (r_r[x, y] + r_r[x, y + 1]) * hf
+  half["r_b"][x, y] = (r_r[x - 1, y] + r_r[x, y] + r_r[x - 1, y + 1] + r_r[x, y + 1]) * q
+  half["b_gr"][x, y] = (b_b[x, y - 1] + b_b[x, y]) * hf
+  half["b_gb"][x, y] = (b_b[x, y] + b_b[x + 1, y]) * hf
+  half["b_r"][x, y] = (b_b[x, y - 1] + b_b[x + 1, y - 1] + b_b[x, y] + b_b[x + 1, y]) * q
+
+  def interleave(name, ee, eo, oe, oo):
+    f = hl.Func(name)
+    hx, hy = x / 2, y / 2
+    f[x, y] = hl.select(
+      y % 2 == 0,
+      hl.select(x % 2 == 0, ee[hx, hy], eo[hx, hy]),
+      hl.select(x % 2 == 0, oe[hx, hy], oo[hx, hy]),
+    )
+    return f
+
+  red = interleave("red", half["r_gr"], r_r, half["r_b"], half["r_gb"])
+  green = interleave("green", g_gr, half["g_r"], half["g_b"], g_gb)
+  blue = interleave("blue", half["b_gr"], half["b_r"], b_b, half["b_gb"])
+  corrected = hl.Func("corrected")
+  rows = [
+    _f32(m[0]) * red[x, y] + _f32(m[1]) * green[x, y] + _f32(m[2]) * blue[x, y] for m in _GRBG_CCM
+  ]
+  corrected[x, y, c] = hl.mux(c, rows)
+  curve = hl.Func("curve")
+  v = hl.f32(i) / _f32(1023)
+  curve[i] = hl.u8(hl.clamp(hl.pow(v, _f32(1 / gamma)) * _f32(255) + _f32(0.5), 0, 255))
+  curve.set_estimate(i, 0, 1024)
+  out = hl.Func("camera_pipe_grbg")
+  out[x, y, c] = hl.f32(curve[hl.clamp(hl.i32(corrected[x, y, c]), 0, 1023)])
+
+  def manual() -> None:
+    # Schedule, in the style of Halide's camera_pipe: the curve a root table; parallel strips of
+    # rows, channels unrolled, x vectorized; the hot-pixel stage and the half-resolution
+    # demosaic computed per strip (a strip of 32 output rows needs 16 + 1 half rows).
+    curve.compute_root()
+    out.bound(c, 0, 3).reorder(c, x, y).unroll(c)
+    out.split(y, yo, yi, _fit(32, h)).parallel(yo)
+    _vectorize(out, x, w)
+    den.compute_at(out, yo)
+    _vectorize(den, x, w)
+    for f in half.values():
+      f.compute_at(out, yo)
+      _vectorize(f, x, w // 2)
+
+  return Algorithm([inp], out, (3, h, w), manual)
+
+
 # ------------------------------------------------------------------------------------------------
 # bilateral grid
 
@@ -673,6 +760,7 @@ register_app(
     min_size=2,
   )
 )
+register_app(App("camera_pipe_grbg", _build_camera_pipe_grbg, {"gamma": 2.2}, min_size=2))
 register_app(
   App(
     "local_laplacian",

@@ -5,6 +5,8 @@ schedule and reused (the module caches compiled callables); hypothesis varies pi
 """
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bench import halide_peers as hp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+import _np_refs  # noqa: E402  (jaxsched's numpy references)
 
 H, W = 37, 53  # not a multiple of any tile or vector width
 
@@ -271,8 +276,22 @@ CASES = {
     NO_ADAMS,
   ),
   "local_laplacian": (lambda a: local_laplacian_ref(a, 4, 3, 0.8, 0.7), LL, 1e-5, NO_ADAMS),
+  # jaxsched's camera pipe; exact (integer values end to end), against jaxsched's own float64
+  # numpy reference (tests/pipelines/_np_refs.py), on a 10-bit raw (see _input).
+  "camera_pipe_grbg": (
+    lambda a: _np_refs.camera_pipe(a.astype(np.uint16), 1.8).astype(np.float32),
+    {"gamma": 1.8},
+    0,
+    ALL,
+  ),
 }
 SEEDS = {app: i for i, app in enumerate(CASES)}
+
+
+def _input(app: str, seed: int) -> np.ndarray:
+  img = _image(seed)
+  # The GRBG camera pipe takes a 10-bit raw (integers held in float32).
+  return np.floor(img * 1024).astype(np.float32) if app == "camera_pipe_grbg" else img
 
 
 def test_every_app_has_a_case() -> None:
@@ -282,10 +301,12 @@ def test_every_app_has_a_case() -> None:
 @pytest.mark.parametrize(("app", "schedule"), [(a, s) for a in sorted(CASES) for s in CASES[a][3]])
 def test_app_matches_reference(app: str, schedule: str) -> None:
   ref_fn, params, rtol, _ = CASES[app]
-  img = _image(SEEDS[app])
+  img = _input(app, SEEDS[app])
   out = hp.run(app, img, schedule=schedule, **params)
   ref = ref_fn(img)
-  if rtol:
+  if app == "camera_pipe_grbg":
+    np.testing.assert_array_equal(out, ref)
+  elif rtol:
     _check(out, ref, rtol)
   else:
     # A difference of products of small numbers: compare relative to its range.
@@ -303,7 +324,7 @@ def test_harris_colour_input() -> None:
 @pytest.mark.parametrize("app", sorted(CASES))
 def test_schedules_agree(app: str) -> None:
   _, params, _, schedules = CASES[app]
-  img = _image(100 + SEEDS[app])
+  img = _input(app, 100 + SEEDS[app])
   outs = [hp.run(app, img, schedule=s, **params) for s in schedules]
   assert len(outs) >= 2
   scale = max(1e-30, float(np.abs(outs[0]).max()))
