@@ -94,6 +94,7 @@ class App:
     defaults: default parameters (all compile-time constants).
     input_ndims: accepted ``image.ndim`` values.
     min_size: smallest accepted extent of the two spatial (last two) axes.
+    dtype: input and output element type (``"float32"``, or ``"uint8"`` for byte images).
   """
 
   name: str
@@ -101,6 +102,7 @@ class App:
   defaults: Mapping[str, Any]
   input_ndims: tuple[int, ...] = (2,)
   min_size: int = 1
+  dtype: str = "float32"  # of the input image and of the output (numpy names)
 
 
 APPS: dict[str, App] = {}
@@ -350,6 +352,45 @@ def _build_histogram(in_shape: Sequence[int]) -> Algorithm:
     # Schedule: per-strip partial histograms in parallel (rfactor over row strips), summed into
     # hist; the 256-entry scan serial; the remap a parallel, vectorized gather.
     # 2048^2, shared 2-core host (load ~3.8): 10.9 ms (Mullapudi 6.3, Adams 8.5).
+    strip = _fit(64, h)
+    ryo, ryi = hl.RVar("ryo"), hl.RVar("ryi")
+    u = hl.Var("u")
+    hist.compute_root()
+    intm = hist.update(0).split(r.y, ryo, ryi, strip, hl.TailStrategy.GuardWithIf).rfactor(ryo, u)
+    intm.compute_root().update(0).parallel(u)
+    _vectorize(intm, i, 256)
+    cdf.compute_root()
+    out.split(y, yo, yi, _fit(32, h)).parallel(yo)
+    _vectorize(out, x, w)
+
+  return Algorithm([inp], out, (h, w), manual)
+
+
+def _build_histogram_u8(in_shape: Sequence[int]) -> Algorithm:
+  """Histogram equalisation of a uint8 image, jaxsched's ``histogram_equalize``:
+  ``out[y, x] = uint8(cdf[in[y, x]] * 255 // n)`` with ``n = h * w`` (uint8 in, uint8 out; the
+  same schedules as :func:`_build_histogram`)."""
+  h, w = _spatial(in_shape)
+  x, y, i, yo, yi = _vars("x", "y", "i", "yo", "yi")
+  # Algorithm
+  inp = hl.ImageParam(hl.UInt(8), 2, "input")
+  r = hl.RDom([(0, w), (0, h)], "r")
+  hist = hl.Func("hist")
+  hist[i] = 0
+  hist[hl.i32(inp[r.x, r.y])] += 1
+  cdf = hl.Func("cdf")
+  rb = hl.RDom([(1, 255)], "rb")
+  cdf[i] = hist[0]
+  cdf[rb.x] = cdf[rb.x - 1] + hist[rb.x]
+  out = hl.Func("equalised_u8")
+  # int64 product: cdf * 255 overflows int32 beyond 8.4 M pixels.
+  out[x, y] = hl.u8(hl.i64(cdf[hl.i32(inp[x, y])]) * 255 / (h * w))
+  hist.set_estimate(i, 0, 256)
+  cdf.set_estimate(i, 0, 256)
+
+  def manual() -> None:
+    # As _build_histogram's: parallel per-strip partial histograms (rfactor), serial scan,
+    # parallel vectorized remap.
     strip = _fit(64, h)
     ryo, ryi = hl.RVar("ryo"), hl.RVar("ryi")
     u = hl.Var("u")
@@ -752,6 +793,7 @@ register_app(App("blur", _build_blur, {}))
 register_app(App("unsharp", _build_unsharp, {"sigma": 1.5, "amount": 1.0}))
 register_app(App("harris", _build_harris, {}, input_ndims=(2, 3)))
 register_app(App("histogram", _build_histogram, {}))
+register_app(App("histogram_u8", _build_histogram_u8, {}, dtype="uint8"))
 register_app(
   App(
     "camera_pipe",
@@ -803,6 +845,10 @@ def _check_image(spec: App, image: np.ndarray) -> np.ndarray:
   h, w = _spatial(image.shape)
   if min(h, w) < spec.min_size:
     raise ValueError(f"{spec.name} needs h, w >= {spec.min_size}, got {image.shape=}")
+  if spec.dtype != "float32":
+    if image.dtype != np.dtype(spec.dtype):
+      raise ValueError(f"{spec.name} takes a {spec.dtype} image, got {image.dtype=}")
+    return np.ascontiguousarray(image)
   if not np.issubdtype(image.dtype, np.floating):
     raise ValueError(f"{spec.name} takes a float image, got {image.dtype=}")
   return np.ascontiguousarray(image, dtype=np.float32)
@@ -852,6 +898,7 @@ def compile_app(
   if key in FAILURES:
     raise ScheduleUnavailableError(FAILURES[key])
   alg = spec.build(shape, **full)
+  dt, out_shape = np.dtype(spec.dtype), alg.out_shape
   target = hl.get_jit_target_from_environment()
   pipeline = hl.Pipeline(alg.output)
   if schedule == "manual":
@@ -872,20 +919,19 @@ def compile_app(
     if schedule != "manual":
       # Some autoscheduled pipelines fail only when run (e.g. out-of-bounds input reads): try once.
       callable_(
-        hl.Buffer(np.full(shape, 0.5, np.float32)), hl.Buffer(np.empty(alg.out_shape, np.float32))
+        hl.Buffer(np.full(shape, 0.5, np.float32).astype(dt)), hl.Buffer(np.empty(out_shape, dt))
       )
   except Exception as e:  # noqa: BLE001 - Halide raises several error types; record any of them.
     if schedule == "manual":
       raise
     FAILURES[key] = f"{app}/{schedule} failed for {shape=}: {type(e).__name__}: {e}"
     raise ScheduleUnavailableError(FAILURES[key]) from e
-  out_shape = alg.out_shape
 
   def fn(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
-      out = np.empty(out_shape, np.float32)
-    elif out.shape != out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-      raise ValueError(f"out must be C-contiguous float32 of shape {out_shape}, got {out.shape=}")
+      out = np.empty(out_shape, dt)
+    elif out.shape != out_shape or out.dtype != dt or not out.flags.c_contiguous:
+      raise ValueError(f"out must be C-contiguous {dt} of shape {out_shape}, got {out.shape=}")
     callable_(hl.Buffer(image), hl.Buffer(out))
     return out
 

@@ -258,8 +258,14 @@ def _check(out: np.ndarray, ref: np.ndarray, rtol: float = 1e-5) -> None:
 # ------------------------------------------------------------------------------------------------
 # Every schedule of every app against its reference.
 
+
 # Adams2019 needs ~54 s (bilateral grid) and ~17 s (local laplacian, 3 levels) to schedule these
 # pipelines here, beyond the test budget: those two pairs are exercised by the benchmark only.
+def _histeq_u8_ref(a: np.ndarray) -> np.ndarray:
+  cdf = np.cumsum(np.bincount(a.ravel(), minlength=256)).astype(np.int64)
+  return (cdf[a] * 255 // a.size).astype(np.uint8)
+
+
 ALL = hp.SCHEDULES
 NO_ADAMS = ("manual", "mullapudi2016")
 LL = {"levels": 4, "pyramid_levels": 3, "alpha": 0.8, "beta": 0.7}
@@ -278,6 +284,8 @@ CASES = {
   "local_laplacian": (lambda a: local_laplacian_ref(a, 4, 3, 0.8, 0.7), LL, 1e-5, NO_ADAMS),
   # jaxsched's camera pipe; exact (integer values end to end), against jaxsched's own float64
   # numpy reference (tests/pipelines/_np_refs.py), on a 10-bit raw (see _input).
+  # jaxsched's histogram_equalize: uint8 in and out, exact (see _input).
+  "histogram_u8": (_histeq_u8_ref, {}, 0, ALL),
   "camera_pipe_grbg": (
     lambda a: _np_refs.camera_pipe(a.astype(np.uint16), 1.8).astype(np.float32),
     {"gamma": 1.8},
@@ -290,6 +298,8 @@ SEEDS = {app: i for i, app in enumerate(CASES)}
 
 def _input(app: str, seed: int) -> np.ndarray:
   img = _image(seed)
+  if app == "histogram_u8":
+    return np.floor(img * 256).astype(np.uint8)
   # The GRBG camera pipe takes a 10-bit raw (integers held in float32).
   return np.floor(img * 1024).astype(np.float32) if app == "camera_pipe_grbg" else img
 
@@ -304,7 +314,8 @@ def test_app_matches_reference(app: str, schedule: str) -> None:
   img = _input(app, SEEDS[app])
   out = hp.run(app, img, schedule=schedule, **params)
   ref = ref_fn(img)
-  if app == "camera_pipe_grbg":
+  if app in ("camera_pipe_grbg", "histogram_u8"):
+    assert out.dtype == ref.dtype
     np.testing.assert_array_equal(out, ref)
   elif rtol:
     _check(out, ref, rtol)
