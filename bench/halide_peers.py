@@ -32,6 +32,7 @@ Adams2019 2-35 s for the small apps but ~3 min (bilateral_grid) and ~5 min (loca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import statistics
@@ -319,20 +320,22 @@ def _build_harris(in_shape: Sequence[int]) -> Algorithm:
 # histogram equalisation
 
 
-def _build_histogram(in_shape: Sequence[int]) -> Algorithm:
-  """Histogram equalisation of a float image in [0, 1] (RDom reductions), as in ``apps/hist``.
+def _build_histogram(in_shape: Sequence[int], *, u8: bool = False) -> Algorithm:
+  """Histogram equalisation (RDom reductions), as in ``apps/hist``.
 
-  - 8-bit bin: ``q = clamp(int32(in * 255), 0, 255)`` (the product in float32, then truncation).
+  - Float image in [0, 1] (default): 8-bit bin ``q = clamp(int32(in * 255), 0, 255)`` (the
+    product in float32, then truncation); ``out[y, x] = cdf[q[y, x]] / (h * w)`` (float32).
+  - ``u8=True`` (jaxsched's ``histogram_equalize``): uint8 image, ``q = in``; ``out[y, x] =
+    uint8(cdf[q] * 255 // (h * w))``.
   - ``hist[i] = #{pixels with q == i}`` for ``i in [0, 256)``; ``cdf[i] = sum_{j <= i} hist[j]``.
-  - ``out[y, x] = cdf[q[y, x]] / (h * w)`` (float32, in (0, 1]).
   """
   h, w = _spatial(in_shape)
   x, y, i, yo, yi = _vars("x", "y", "i", "yo", "yi")
   # Algorithm
-  inp = hl.ImageParam(hl.Float(32), 2, "input")
+  inp = hl.ImageParam(hl.UInt(8) if u8 else hl.Float(32), 2, "input")
 
   def quantise(e: hl.Expr) -> hl.Expr:
-    return hl.clamp(hl.i32(e * _f32(255)), 0, 255)
+    return hl.i32(e) if u8 else hl.clamp(hl.i32(e * _f32(255)), 0, 255)
 
   r = hl.RDom([(0, w), (0, h)], "r")
   hist = hl.Func("hist")
@@ -343,7 +346,11 @@ def _build_histogram(in_shape: Sequence[int]) -> Algorithm:
   cdf[i] = hist[0]
   cdf[rb.x] = cdf[rb.x - 1] + hist[rb.x]
   out = hl.Func("equalised")
-  out[x, y] = hl.f32(cdf[quantise(inp[x, y])]) / _f32(h * w)
+  if u8:
+    # int64 product: cdf * 255 overflows int32 beyond 8.4 M pixels.
+    out[x, y] = hl.u8(hl.i64(cdf[quantise(inp[x, y])]) * 255 / (h * w))
+  else:
+    out[x, y] = hl.f32(cdf[quantise(inp[x, y])]) / _f32(h * w)
   # The bins are reached through data-dependent indices: the autoschedulers need their extent.
   hist.set_estimate(i, 0, 256)
   cdf.set_estimate(i, 0, 256)
@@ -352,45 +359,6 @@ def _build_histogram(in_shape: Sequence[int]) -> Algorithm:
     # Schedule: per-strip partial histograms in parallel (rfactor over row strips), summed into
     # hist; the 256-entry scan serial; the remap a parallel, vectorized gather.
     # 2048^2, shared 2-core host (load ~3.8): 10.9 ms (Mullapudi 6.3, Adams 8.5).
-    strip = _fit(64, h)
-    ryo, ryi = hl.RVar("ryo"), hl.RVar("ryi")
-    u = hl.Var("u")
-    hist.compute_root()
-    intm = hist.update(0).split(r.y, ryo, ryi, strip, hl.TailStrategy.GuardWithIf).rfactor(ryo, u)
-    intm.compute_root().update(0).parallel(u)
-    _vectorize(intm, i, 256)
-    cdf.compute_root()
-    out.split(y, yo, yi, _fit(32, h)).parallel(yo)
-    _vectorize(out, x, w)
-
-  return Algorithm([inp], out, (h, w), manual)
-
-
-def _build_histogram_u8(in_shape: Sequence[int]) -> Algorithm:
-  """Histogram equalisation of a uint8 image, jaxsched's ``histogram_equalize``:
-  ``out[y, x] = uint8(cdf[in[y, x]] * 255 // n)`` with ``n = h * w`` (uint8 in, uint8 out; the
-  same schedules as :func:`_build_histogram`)."""
-  h, w = _spatial(in_shape)
-  x, y, i, yo, yi = _vars("x", "y", "i", "yo", "yi")
-  # Algorithm
-  inp = hl.ImageParam(hl.UInt(8), 2, "input")
-  r = hl.RDom([(0, w), (0, h)], "r")
-  hist = hl.Func("hist")
-  hist[i] = 0
-  hist[hl.i32(inp[r.x, r.y])] += 1
-  cdf = hl.Func("cdf")
-  rb = hl.RDom([(1, 255)], "rb")
-  cdf[i] = hist[0]
-  cdf[rb.x] = cdf[rb.x - 1] + hist[rb.x]
-  out = hl.Func("equalised_u8")
-  # int64 product: cdf * 255 overflows int32 beyond 8.4 M pixels.
-  out[x, y] = hl.u8(hl.i64(cdf[hl.i32(inp[x, y])]) * 255 / (h * w))
-  hist.set_estimate(i, 0, 256)
-  cdf.set_estimate(i, 0, 256)
-
-  def manual() -> None:
-    # As _build_histogram's: parallel per-strip partial histograms (rfactor), serial scan,
-    # parallel vectorized remap.
     strip = _fit(64, h)
     ryo, ryi = hl.RVar("ryo"), hl.RVar("ryi")
     u = hl.Var("u")
@@ -793,7 +761,7 @@ register_app(App("blur", _build_blur, {}))
 register_app(App("unsharp", _build_unsharp, {"sigma": 1.5, "amount": 1.0}))
 register_app(App("harris", _build_harris, {}, input_ndims=(2, 3)))
 register_app(App("histogram", _build_histogram, {}))
-register_app(App("histogram_u8", _build_histogram_u8, {}, dtype="uint8"))
+register_app(App("histogram_u8", functools.partial(_build_histogram, u8=True), {}, dtype="uint8"))
 register_app(
   App(
     "camera_pipe",
