@@ -1520,14 +1520,7 @@ def describe(
   """
   kind, _ = _resolve_kind(target, True)
   if input_shapes is None:
-    input_shapes = []
-    for img in pipeline.images:
-      if img.estimate is not None:
-        input_shapes.append(img.estimate)
-      elif output_shape is not None and len(output_shape) == img.ndim:
-        input_shapes.append(tuple(output_shape))
-      else:
-        raise ValueError(f"describe(): no shape for ImageParam {img.name}; pass input_shapes")
+    input_shapes = pipeline.estimated_input_shapes(output_shape, caller="describe()")
   p = pipeline.plan(output_shape, input_shapes)
   shapes = {id(i): tuple(s) for i, s in zip(p.images, input_shapes, strict=True)}
   return _report(_lowerings(p, shapes, kind), kind)

@@ -92,18 +92,26 @@ class Pipeline:
   ) -> L.LoopNest:
     """The loop-nest tree for the given shapes (defaults: ImageParam estimates)."""
     if input_shapes is None:
-      input_shapes = []
-      for img in self.images:
-        if img.estimate is not None:
-          input_shapes.append(img.estimate)
-        elif output_shape is not None and len(output_shape) == img.ndim:
-          input_shapes.append(tuple(output_shape))
-        else:
-          raise ValueError(
-            f"lower(): no shape for ImageParam {img.name}; pass input_shapes or call "
-            f"{img.name}.set_estimates(shape)"
-          )
+      input_shapes = self.estimated_input_shapes(output_shape, caller="lower()")
     return L.loop_nest(self.plan(output_shape, input_shapes))
+
+  def estimated_input_shapes(
+    self, output_shape: Any = None, *, caller: str = "Pipeline"
+  ) -> list[tuple[int, ...]]:
+    """Image shapes when none are given: each ImageParam's estimate, else ``output_shape`` if
+    the ranks agree; a ValueError naming ``caller`` and the image otherwise."""
+    shapes = []
+    for img in self.images:
+      if img.estimate is not None:
+        shapes.append(tuple(img.estimate))
+      elif output_shape is not None and len(output_shape) == img.ndim:
+        shapes.append(tuple(output_shape))
+      else:
+        raise ValueError(
+          f"{caller}: no shape for ImageParam {img.name}; pass input_shapes or call "
+          f"{img.name}.set_estimates(shape)"
+        )
+    return shapes
 
   # -- execution
   def compile(
