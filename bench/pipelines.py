@@ -249,14 +249,12 @@ class HalidePeer:
     params: halide_peers parameters that make it the jaxsched app's algorithm.
     to_halide: the bench input (jaxsched's convention) -> the Halide peer's input.
     compare: ``(jaxsched out, Halide out) -> (equal, description)``.
-    differs: non-empty when the algorithms differ (then ``compare`` only informs).
   """
 
   app: str
   params: Mapping[str, Any]
   to_halide: Callable[[np.ndarray], np.ndarray]
   compare: Callable[[np.ndarray, np.ndarray], tuple[bool, str]]
-  differs: str = ""
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -323,18 +321,16 @@ def check_against_halide(
     mismatch: ``"raise"`` (:class:`OutputMismatchError`) or ``"warn"`` (print only).
 
   Returns:
-    The candidates that mismatch (empty when all agree or the algorithms are known to differ).
+    The candidates that mismatch (empty when all agree).
   """
   if mismatch not in ("raise", "warn"):
     raise ValueError(f"{mismatch=} must be 'raise' or 'warn'")
   peer = PEERS[name]
   got = np.asarray(got)
   bad = []
-  if peer.differs:
-    print(f"  NOT VERIFIED, different algorithms: {peer.differs}")
   for k, want in outs.items():
     ok, msg = peer.compare(got, want)
-    status = "info" if peer.differs else "ok" if ok else "MISMATCH"
+    status = "ok" if ok else "MISMATCH"
     print(f"  check jaxsched vs {k}: {status}, {msg}")
     if not ok:
       bad.append(k)
@@ -425,10 +421,9 @@ def run(
     hal = {k: v for k, v in times.items() if k.startswith("halide")}
     best_hl = min(hal.values()) if hal else float("nan")
     hal_min = min((v["min"] for k, v in stats.items() if k.startswith("halide")), default=np.nan)
-    mark = " (Halide peer is a different algorithm)" if PEERS[name].differs else ""
     print(
       f"  {reps} interleaved rounds, load {load0:.1f}->{load1:.1f}; "
-      f"default = {default}, best jaxsched = {best_js}{mark}"
+      f"default = {default}, best jaxsched = {best_js}"
     )
     print(f"  {'':28s} {'median':>9s}  {'ratio':>7s} {'min':>9s}  {'ratio':>7s} {'cpu':>9s}")
     for k, v in sorted(stats.items(), key=lambda kv: kv[1]["median"]):
