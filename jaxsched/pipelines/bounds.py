@@ -302,3 +302,69 @@ def calls_of(exprs: list[ir.Expr]) -> list[Any]:
       if isinstance(n, ir.Call):
         seen.setdefault(id(n.target), n.target)
   return list(seen.values())
+
+
+def parity_moduli(e: ir.Expr, name: str) -> set[int]:
+  """The constant moduli ``k >= 2`` of ``mod(a, k)`` nodes in the conditions of ``e``'s selects
+  whose ``a`` is affine in the pure var ``name`` (``select(x % 2 == 0, ...)`` in a Bayer
+  interleave): the dims where a polyphase evaluation folds branches away. (``x % k`` in
+  arithmetic, as in an upsampling index or interpolation weights, is left alone: per-phase
+  evaluation of those measured 10-20% slower on XLA CPU.)"""
+  out = set()
+  conds = [n.cond for n in ir.walk(e) if isinstance(n, ir.Select)]
+  for n in (m for c in conds for m in ir.walk(c)):
+    if (
+      isinstance(n, ir.BinOp)
+      and n.op == "mod"
+      and isinstance(n.b, ir.Const)
+      and n.b.dtype.kind in "iu"
+      and int(n.b.value) >= 2
+    ):
+      lin = linear(n.a)
+      if lin is not None and lin[0].get(("v", name), 0):
+        out.add(int(n.b.value))
+  return out
+
+
+def phase(e: ir.Expr, var: ir.Var, k: int, p: int) -> ir.Expr:
+  """``e`` with ``var`` replaced by ``k * var + p`` (``var`` then counts phase-``p`` points),
+  and every ``a // k`` / ``a % k`` whose ``a`` becomes ``k * (affine) + const`` simplified to
+  the affine part / the constant: in phase ``p`` of ``x``, ``x % 2`` is ``p`` and ``x // 2`` is
+  ``x``, so parity selects fold away and half-resolution reads become plain shifts."""
+  vkey = key(var)
+
+  def rebuild(coefs: dict[tuple, int], const: int, nodes: dict[tuple, ir.Expr]) -> ir.Expr:
+    out: ir.Expr = ir.Const(const, np.int32)
+    for kk, c in coefs.items():
+      term = nodes[kk] if c == 1 else ir.BinOp("mul", ir.Const(c, np.int32), nodes[kk])
+      out = ir.BinOp("add", term, out)
+    return out
+
+  def fn(n: ir.Expr) -> ir.Expr | None:
+    if isinstance(n, ir.Var) and n.name == var.name:
+      return ir.BinOp("add", ir.BinOp("mul", ir.Const(k, np.int32), n), ir.Const(p, np.int32))
+    if (
+      isinstance(n, ir.BinOp)
+      and n.op in ("floordiv", "mod")
+      and isinstance(n.b, ir.Const)
+      and n.b.dtype.kind in "iu"
+      and int(n.b.value) == k
+      and n.dtype == np.int32
+    ):
+      lin = linear(n.a)
+      if lin is None or vkey not in lin[0]:
+        return None
+      coefs, const = lin
+      c = coefs[vkey]
+      new = dict(coefs)
+      new[vkey] = c * k  # after substitution: c * (k * var + p)
+      const = const + c * p
+      if any(v % k for v in new.values()):
+        return None
+      nodes = {key(m): m for m in ir.walk(n.a) if isinstance(m, ir.Var | ir.RVar)}
+      if n.op == "mod":
+        return ir.Const(const % k, np.int32)
+      return rebuild({kk: v // k for kk, v in new.items()}, const // k, nodes)
+    return None
+
+  return fold(substitute(e, fn))

@@ -100,6 +100,21 @@ def test_camera_pipe_exact(h, w, seed):
     np.testing.assert_array_equal(got, want, err_msg=sched)
 
 
+@pytest.mark.parametrize("switch", ["_POLYPHASE", "_MATERIALIZE"])
+def test_camera_pipe_lowering_switches_exact(switch, monkeypatch):
+  """Polyphase evaluation of the Bayer interleave and real materialisation of root Funcs are
+  speed choices (A/B switches): with either off the result is the same exact one."""
+  from jaxsched.pipelines import xla
+
+  a = np.random.default_rng(5).integers(0, 1024, (23, 37)).astype(np.uint16)
+  want = R.camera_pipe(a)
+  for on in (True, False):
+    monkeypatch.setattr(xla, switch, on)
+    for sched in ("inline", "root"):
+      got = np.asarray(apps.make("camera_pipe", sched).compile()(a))
+      np.testing.assert_array_equal(got, want, err_msg=f"{sched} {switch}={on}")
+
+
 def test_unsharp_sigma_is_a_runtime_param():
   a = _image(13, 17, 3)
   fn = apps.make("unsharp", "root").compile()

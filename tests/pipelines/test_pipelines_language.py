@@ -1,5 +1,7 @@
 """The language: type promotion, expressions, boundary conditions, access patterns, errors."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -238,3 +240,70 @@ def test_call_errors():
     g, h = pl.Func("g"), pl.Func("h")
     h[y, x] = g[y, x]
     pl.Pipeline(h)
+
+
+@pytest.mark.parametrize("polyphase", [True, False])
+def test_parity_selects_and_mixed_strides_match_numpy(polyphase, monkeypatch):
+  """Branches on ``x % 3`` / ``y % 2`` with ``x // 3`` reads (evaluated per residue class, see
+  xla._eval_phases) over a region that starts at an odd, negative min (the consumer reads the
+  producer at ``y - 3`` and ``x - 1``), with ``y * x`` terms the phase rewrite must keep."""
+  from jaxsched.pipelines import xla
+
+  monkeypatch.setattr(xla, "_POLYPHASE", polyphase)
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  c = pl.boundary.repeat_edge(img)
+  f, out = pl.Func("f"), pl.Func("out")
+  f[y, x] = pl.select(
+    x % 3 == 0,
+    c[y // 2, x // 3] * 2.0,
+    x % 3 == 1,
+    c[y, (x + 2) // 3] - pl.cast(jnp.float32, y % 2),
+    c[(y + 1) // 2, x] + pl.cast(jnp.float32, (y * x) % 5),
+  )
+  out[y, x] = f[y - 3, x - 1] + f[y, x]
+  f.compute_root()
+  a = _rng(11).random((13, 16), dtype=np.float32)
+
+  def fr(yy, xx):
+    h, w = a.shape
+    cl = lambda v, n: np.clip(v, 0, n - 1)  # noqa: E731
+    v0 = a[cl(yy // 2, h), cl(xx // 3, w)] * 2.0
+    v1 = a[cl(yy, h), cl((xx + 2) // 3, w)] - (yy % 2)
+    v2 = a[cl((yy + 1) // 2, h), cl(xx, w)] + (yy * xx) % 5
+    return np.where(xx % 3 == 0, v0, np.where(xx % 3 == 1, v1, v2))
+
+  yy, xx = np.meshgrid(np.arange(13), np.arange(16), indexing="ij")
+  want = fr(yy - 3, xx - 1) + fr(yy, xx)
+  got = pl.Pipeline(out).compile()(a)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_root_func_is_computed_once_not_fused_into_its_consumer(monkeypatch):
+  """compute_root means materialised: XLA CPU drops optimization_barrier and would otherwise
+  fuse (recompute) an expensive producer into every tap of a stencil consumer."""
+  import jax
+
+  from jaxsched.pipelines import xla
+
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  p, out = pl.Func("p"), pl.Func("out")
+  p[y, x] = pl.sin(img[y, x]) * 3.0
+  out[y, x] = p[y, x + 1] + p[y + 2, x + 1] + p[y + 1, x] + p[y + 1, x + 2] + p[y + 1, x + 1]
+  p.compute_root()
+  a = _rng(2).random((64, 64), dtype=np.float32)
+  pp = np.sin(a.astype(np.float64)) * 3.0
+  want = pp[:-2, 1:-1] + pp[2:, 1:-1] + pp[1:-1, :-2] + pp[1:-1, 2:] + pp[1:-1, 1:-1]
+  for on in (True, False):  # off: what XLA does to a root Func behind only a barrier
+    monkeypatch.setattr(xla, "_MATERIALIZE", on)
+    fn = pl.Pipeline(out).compile()
+    run = jax.jit(lambda v, fn=fn: fn(v, output_shape=(62, 62)))
+    hlo = run.lower(a).compile().as_text()
+    # The fused computation that writes the output: it must read p, not recompute its sin.
+    entry = hlo[hlo.index("\nENTRY") :]
+    root = next(ln for ln in entry.splitlines() if ln.lstrip().startswith("ROOT"))
+    called = re.search(r"calls=(%[\w.-]+)", root).group(1)
+    body = re.search(re.escape(called) + r" \(.*?\n}", hlo, re.S).group(0)
+    assert ("sine(" in body) == (not on), f"_MATERIALIZE={on}: output fusion {body[:400]}"
+    np.testing.assert_allclose(run(a), want, rtol=1e-5)

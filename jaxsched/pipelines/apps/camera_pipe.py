@@ -142,8 +142,11 @@ APP = App(
       "sliding": sliding,
     }
   },
-  # 2048^2 on the shared 2-core CPU, median of 3: tiled 80 ms, tiled_small 91 ms, sliding 276 ms,
-  # root 1.6 s, inline 14.6 s (whole-image parity selects over many 1-D takes; see docs).
-  default={"xla": "tiled"},
+  # 2048^2 on the shared 2-core CPU, medians of 7 interleaved rounds: root 14.5 ms, tiled 66 ms,
+  # tiled_small 84 ms, sliding 121 ms, inline 277 ms. Root evaluates the output per Bayer phase
+  # (parity selects folded, half-resolution planes read as slices) and materialises the gamma
+  # curve once; tiles have traced origins, so their parity is not static and they keep the
+  # selects (docs/pipelines.md).
+  default={"xla": "root"},
   description="raw Bayer -> hot pixels, demosaic, colour matrix, gamma curve (uint8 RGB)",
 )
