@@ -38,6 +38,12 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   up in-kernel by a loop of compare-selects over its entries (Mosaic has no vector gather).
   A lower-rank root buffer read at a subsequence of the consumer's vars (an image read by a
   ``[y, x, k]`` Func) is broadcast along the missing dims by XLA before the kernel.
+* Resampling reads of a root buffer or image -- strided (a pyramid's ``f[2 * x + c]``),
+  floor-divided (upsampling ``f[(x + c) // 2]``) or any static index of one var (``x // 2 - 1
+  + 2 * (x % 2)``) -- read a copy XLA resamples before the kernel (one ``take`` of static
+  indices per dim, see ``_Derived``): a 4-tap stride-2 filter reads two phase copies at shifts,
+  so the kernel stays a stencil on both targets (Mosaic has no strided lane loads, Triton no
+  gathers). The cost is one XLA pass per copy (an upsampled copy is the consumer's size).
 * RDom updates of a small root 1-D Func (``<= TABLE_LIMIT`` bins) are kernels: a commutative
   scatter ``f[idx(r)] op= v(r)`` (op add/max/min) walks tiles of its RDom (the update's
   ``split``\\ s of the RVars are the block) and reduces a one-hot compare of each RDom row
@@ -52,8 +58,8 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
 docs/pallas_backend.md says why): extern Funcs, 1-D Funcs (lookup tables), updates other than
 the above (of N-D Funcs, e.g. the bilateral grid's splat; serial or non-commutative ones; with
 gathers in the RDom), and Funcs whose reads are not stencils: data-dependent indices into
-N-D buffers (gathers), strided indices (pyramids' ``2 * x``, ``x // 2``), transposed dims,
-constant indices into images, clamps that are not the buffer's edges, large or arg-reductions.
+N-D buffers (gathers), transposed dims, constant indices into images, clamps that are not the
+buffer's edges, resampled reads of compute_at producers, large or arg-reductions.
 Those Funcs are evaluated with the XLA backend's own evaluator, and their results feed the
 kernels as ordinary inputs.
 
@@ -221,12 +227,144 @@ class _Read:
   axes: tuple[int, ...] = ()  # RDom update "buf": layout axis per buffer dim (-1: constant)
 
 
+class _Derived:
+  """A root buffer re-indexed along some dims by XLA before the kernel, so that a resampling
+  read becomes a shifted window of it: ``D[.., i, ..] = base[.., g(i), ..]`` per mapped dim.
+
+  ``maps`` has one entry per base dim: None (identity) or ``(kind, ...)``:
+  ``("stride", s, r, clamp)`` for ``base[s * v + c]`` (phase ``r = c mod s``, read at shift
+  ``(c - r) // s``: a 4-tap downsample of stride 2 is two phase operands), ``("rep", s,
+  clamp)`` for ``base[(v + c) // s + c']`` (nearest-neighbour upsampling, read at shift
+  ``c + s c'``), ``("expr", repr, expr, var, clamp)`` for any other index that depends on one
+  pure var only (``x // 2 - 1 + 2 * (x % 2)``, mirrors), read at shift 0. ``clamp`` is the
+  buffer-edge clamp of the read (``boundary.repeat_edge``), or None.
+  """
+
+  def __init__(self, base: Any, maps: tuple):
+    self.base, self.maps = base, maps
+    self.dtype = base.dtype
+    tags = [m[0] + (str(m[1]) if m[0] != "expr" else "") for m in maps if m is not None]
+    self.name = f"{base.name}[{','.join(tags)}]"
+
+  def indices(self, d: int, lo: int, size: int) -> np.ndarray:
+    """Base indices for D's positions ``[lo, lo + size)`` along base dim ``d``."""
+    m = self.maps[d]
+    i = np.arange(lo, lo + size, dtype=np.int64)
+    if m[0] == "stride":
+      idx, clamp = m[1] * i + m[2], m[3]
+    elif m[0] == "rep":
+      idx, clamp = i // m[1], m[2]
+    else:
+      _, _, expr, var, clamp = m
+      vals = {("v", var): i}
+      idx = np.asarray(_eval_index(expr, vals), dtype=np.int64)
+    if clamp is not None:
+      idx = np.clip(idx, clamp[0], clamp[1])
+    return idx
+
+
+def _eval_index(e: ir.Expr, vals: dict) -> Any:
+  """A static integer index expression over numpy arrays (trace-time, for _Derived maps)."""
+  if isinstance(e, ir.Const):
+    return np.asarray(e.value, np.int64) if e.dtype.kind in "iub" else np.asarray(e.value)
+  if isinstance(e, ir.Var):
+    return vals[("v", e.name)]
+  if isinstance(e, ir.BinOp):
+    a, b = _eval_index(e.a, vals), _eval_index(e.b, vals)
+    return B._NP_OPS[e.op](a, b) if e.op in B._NP_OPS else ir.BINARY_OPS[e.op](a, b)
+  if isinstance(e, ir.UnOp):
+    return B._NP_OPS[e.op](_eval_index(e.a, vals))
+  if isinstance(e, ir.Select):
+    return np.where(_eval_index(e.cond, vals), _eval_index(e.t, vals), _eval_index(e.f, vals))
+  if isinstance(e, ir.Cast):
+    return np.asarray(_eval_index(e.a, vals)).astype(np.int64 if e.to.kind in "iu" else e.to)
+  raise _Unsupported(f"index {_short(e)} is not a static function of one var")
+
+
+def _single_var(a: ir.Expr) -> str | None:
+  """The one pure var ``a`` depends on, if it has no loads, Params, RVars or reductions."""
+  found = None
+  for n in ir.walk(a):
+    if isinstance(n, ir.Call | ir.Param | ir.RVar | ir.Reduce | ir.Extent):
+      return None
+    if isinstance(n, ir.Var):
+      if found is not None and found != n.name:
+        return None
+      found = n.name
+  return found
+
+
+def _floordiv_form(a: ir.Expr) -> tuple[str, int, int] | None:
+  """``(v + c) // s + c'`` (s >= 2) -> (v, s, c + s * c')."""
+  extra = 0
+  if isinstance(a, ir.BinOp) and a.op in ("add", "sub") and isinstance(a.b, ir.Const):
+    lin = B.linear(a.b)
+    if lin is None:
+      return None
+    extra = lin[1] if a.op == "add" else -lin[1]
+    a = a.a
+  if not (
+    isinstance(a, ir.BinOp)
+    and a.op == "floordiv"
+    and isinstance(a.b, ir.Const)
+    and a.b.dtype.kind in "iu"
+    and int(a.b.value) >= 2
+  ):
+    return None
+  lin = B.linear(a.a)
+  if lin is None or len(lin[0]) != 1:
+    return None
+  ((k, coef),) = lin[0].items()
+  if k[0] != "v" or coef != 1:
+    return None
+  s = int(a.b.value)
+  return k[1], s, lin[1] + s * extra
+
+
+def _resample(a: ir.Expr, t: Any, j: int, bounds, children) -> tuple[str, tuple, int] | None:
+  """A read index ``a`` into dim ``j`` of root buffer ``t`` that is a resampling (strided,
+  floor-divided, or any static function of one var) as (var, _Derived map, shift)."""
+  if id(t) in children or id(t) not in bounds:
+    return None
+  cl = _clamp_any(a)
+  inner, clamp = (a, None) if cl is None else (cl[0], (cl[1], cl[2]))
+  if clamp is not None and clamp != tuple(bounds[id(t)][j]):
+    return None
+  lin = B.linear(inner)
+  if lin is not None:
+    if len(lin[0]) != 1:
+      return None  # a constant, or several vars (transposed / mixed: not a resampling)
+    ((k, s),) = lin[0].items()
+    if k[0] != "v" or s < 2:
+      return None  # v + c: a plain stencil read
+    r = lin[1] % s
+    return k[1], ("stride", s, r, clamp), (lin[1] - r) // s
+  fd = _floordiv_form(inner)
+  if fd is not None:
+    return fd[0], ("rep", fd[1], clamp), fd[2]
+  v = _single_var(a)
+  if v is None:
+    return None
+  return v, ("expr", repr(a), a, v, None), 0
+
+
 def _classify_call(
-  c: ir.Call, names: list[str], children: dict[int, Any], bounds: dict[int, list[tuple[int, int]]]
+  c: ir.Call,
+  names: list[str],
+  children: dict[int, Any],
+  bounds: dict[int, list[tuple[int, int]]],
+  derived: dict | None = None,
 ) -> _Read:
-  """How a kernel reads ``c``; raises _Unsupported for anything but a stencil."""
+  """How a kernel reads ``c``; raises _Unsupported for anything but a stencil (possibly of a
+  resampled root buffer, see _Derived)."""
   t = c.target
   tn = t.name
+  # Resampling reads (pyramids' 2 * x + c, upsampling x // 2, ...) of a root buffer: a stencil
+  # read of a _Derived copy XLA prepares before the kernel.
+  if derived is not None:
+    res = [_resample(a, t, j, bounds, children) for j, a in enumerate(c.args)]
+    if any(r is not None for r in res):
+      return _classify_resampled(c, res, names, bounds, derived)
   lins = []
   for a in c.args:
     cl = _clamp_any(a)
@@ -281,6 +419,50 @@ def _classify_call(
   if bcast:
     return _Read("buf", t, tuple(shift), axes=tuple(dims))
   return _Read("child" if id(t) in children else "buf", t, tuple(shift))
+
+
+def _classify_resampled(c: ir.Call, res: list, names: list[str], bounds, derived: dict) -> _Read:
+  """A read of root buffer ``c.target`` with at least one resampled index (``res[j]`` not
+  None): a shifted window of the _Derived buffer, shared by every read with the same maps."""
+  t = c.target
+  maps, vars_, shift_of = [], [], []
+  for j, (a, r) in enumerate(zip(c.args, res, strict=True)):
+    if r is not None:
+      v, m, sh = r
+    else:
+      cl = _clamp_any(a)
+      inner, clamp = (a, None) if cl is None else (cl[0], (cl[1], cl[2]))
+      lin = B.linear(inner)
+      ok = lin is not None and len(lin[0]) == 1 and next(iter(lin[0].values())) == 1
+      if not ok or next(iter(lin[0]))[0] != "v":
+        raise _Unsupported(
+          f"read {_short(c)}: index {_short(a)} next to a resampled one must be var + const"
+        )
+      if clamp is not None and clamp != tuple(bounds[id(t)][j]):
+        raise _Unsupported(
+          f"read {_short(c)}: clamp {list(clamp)} in dim {j} is not the edge of {t.name}'s "
+          f"buffer {list(bounds[id(t)][j])}"
+        )
+      v, sh = next(iter(lin[0]))[1], lin[1]
+      # identity along this dim: D's edge extension (XLA pad) is the clamp's
+      m = None
+    if v not in names:
+      raise _Unsupported(f"read {_short(c)}: index {_short(a)} uses {v!r}, not a pure var")
+    maps.append(m)
+    vars_.append(v)
+    shift_of.append(sh)
+  dims = [names.index(v) for v in vars_]
+  if len(set(dims)) != len(dims) or dims != sorted(dims):
+    raise _Unsupported(f"read {_short(c)}: dims {vars_} are transposed or repeated (a gather)")
+  key = (id(t), tuple(m if m is None or m[0] != "expr" else (m[0], m[1]) for m in maps))
+  if key not in derived:
+    derived[key] = _Derived(t, tuple(maps))
+  q = derived[key]
+  shift = [0] * len(names)
+  for d, sh in zip(dims, shift_of, strict=True):
+    shift[d] = int(sh)
+  axes = tuple(dims) if len(dims) < len(names) else ()
+  return _Read("buf", q, tuple(shift), axes=axes)
 
 
 @dataclasses.dataclass
@@ -433,6 +615,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   reads: dict[int, dict[int, _Read]] = {}
   dtypes = [f.dtype]
   luts: dict[int, tuple[int, int]] = {}
+  derived: dict = {}
   for q in [*kids, fp]:
     if q.func.ndim != f.ndim:
       raise _Unsupported(f"compute_at producer {q.func.name} has a different rank")
@@ -445,7 +628,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
       if isinstance(n, ir.Reduce):
         raise _Unsupported(f"{q.func.name}: nested inline reduction")
       if isinstance(n, ir.Call):
-        rd[id(n)] = _classify_call(n, names, children, bounds)
+        rd[id(n)] = _classify_call(n, names, children, bounds, derived)
         if rd[id(n)].kind == "buf":
           dtypes.append(n.target.dtype)
         if rd[id(n)].kind == "lut":
@@ -864,6 +1047,22 @@ def _prepare(arr: jax.Array, amin: Sequence[int], lo: Sequence[int], size: Seque
   return arr
 
 
+def _derive(q: _Derived, base: tuple, axes, lo: Sequence[int], size: Sequence[int]):
+  """The _Derived buffer ``q`` over the consumer window ``[lo, lo + size)`` (mapped dims) as
+  (array, mins): one XLA ``take`` of precomputed base indices per mapped dim."""
+  arr, amin = base
+  amin = list(amin)
+  for j, m in enumerate(q.maps):
+    if m is None:
+      continue
+    d = axes[j] if axes else j  # the consumer dim this base dim is read along
+    idx = q.indices(j, lo[d], size[d]) - amin[j]
+    idx = np.clip(idx, 0, arr.shape[j] - 1)  # past-the-region block padding only
+    arr = jnp.take(arr, jnp.asarray(idx, jnp.int32), axis=j)
+    amin[j] = lo[d]
+  return arr, amin
+
+
 def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_warps):
   f = k.fp.func
   lay = _layout(k, kind)
@@ -883,13 +1082,9 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
     order.append((key, "scalar"))
     args.append(a)
     in_specs.append(pl.BlockSpec(memory_space=smem))
+  targets = {id(t): t for t in _targets_of(k)}
   for key in lay.buf_lo:
-    arr, amin = bufs[key]
     lo = [region[d][0] + int(lay.buf_lo[key][d]) for d in range(nd)]
-    if key in lay.bcast:  # unit dims where the consumer has dims the buffer lacks
-      axes = lay.bcast[key]
-      arr = arr.reshape([arr.shape[axes.index(d)] if d in axes else 1 for d in range(nd)])
-      amin = [amin[axes.index(d)] if d in axes else lo[d] for d in range(nd)]
     if kind == "gpu":
       size = [
         (steps[d] - 1) * k.block[d] + k.block[d] + int(lay.buf_hi[key][d] - lay.buf_lo[key][d])
@@ -897,6 +1092,15 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
       ]
     else:
       size = [(steps[d] - 1) * k.block[d] + lay.win[d] for d in range(nd)]
+    q = targets[key]
+    if isinstance(q, _Derived):
+      arr, amin = _derive(q, bufs[id(q.base)], lay.bcast.get(key), lo, size)
+    else:
+      arr, amin = bufs[key]
+    if key in lay.bcast:  # unit dims where the consumer has dims the buffer lacks
+      axes = lay.bcast[key]
+      arr = arr.reshape([arr.shape[axes.index(d)] if d in axes else 1 for d in range(nd)])
+      amin = [amin[axes.index(d)] if d in axes else lo[d] for d in range(nd)]
     args.append(_prepare(arr, amin, lo, size))
     order.append((key, "buf"))
     in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
@@ -1461,6 +1665,16 @@ def _report(lows, kind: str) -> PallasReport:
     detail = f"{tile}, block {k.block}, grid {grid}"
     if kids:
       detail += f", computes {kids} per block + halo"
+    resampled = sorted(
+      {
+        r.target.name
+        for rd in k.reads.values()
+        for r in rd.values()
+        if isinstance(r.target, _Derived)
+      }
+    )
+    if resampled:
+      detail += f", reads resampled copies {resampled} (prepared by XLA: strided/repeated rows)"
     if k.lut_range:
       tabs = sorted(
         {r.target.name for rd in k.reads.values() for r in rd.values() if r.kind == "lut"}

@@ -126,15 +126,25 @@ def test_root_schedule_is_two_kernels_and_equals_xla():
   [
     ("histogram_equalize", "gpu", {}, set()),  # hist, cdf and the lookup are all kernels
     ("histogram_equalize", "tpu", {}, set()),
-    ("camera_pipe", "tpu", {}, {"curve", "g_gr", "r_r", "b_b", "g_gb", "camera_pipe"}),
+    # Bayer planes (denoised[2y + dy, 2x + dx]) and the interleave (plane[y // 2, x // 2]) are
+    # kernels reading resampled copies; the curve is a 1-D table.
+    ("camera_pipe", "tpu", {}, {"curve"}),
+    ("camera_pipe", "gpu", {}, {"curve"}),
     ("bilateral_grid", "gpu", {}, {"histogram", "bilateral_grid"}),
     (
       "local_laplacian",
       "tpu",
       {"levels": 3},
-      # gPyramid0 is a kernel: the image broadcast along k, remap[...] looked up in-kernel.
-      {"remap", "gPyramid1", "gPyramid2", "lPyramid0", "lPyramid1", "inGPyramid1"}
-      | {"inGPyramid2", "outLPyramid2", "outGPyramid1", "outGPyramid0"},
+      # gPyramid0 is a kernel: the image broadcast along k, remap[...] looked up in-kernel;
+      # the pyramids' 2x downsampling and upsampling read resampled copies. Left: the lookups
+      # of a level by a data-dependent index (lPyramid[y, x, li]).
+      {"remap", "outLPyramid2", "outGPyramid1", "outGPyramid0"},
+    ),
+    (
+      "local_laplacian",
+      "gpu",
+      {"levels": 3},
+      {"remap", "outLPyramid2", "outGPyramid1"} | {"outGPyramid0"},
     ),
   ],
 )
@@ -180,6 +190,44 @@ def test_lookup_and_broadcast_reads_in_kernel_equal_numpy(kind):
   kk = np.arange(4)
   idx = np.clip(a[..., None] % 23 - 3 + kk, -3, 16)
   np.testing.assert_array_equal(got, ap[..., None] * (kk + 1) + idx * idx - 7)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_resampling_reads_are_kernels_equal_numpy(kind):
+  """Strided (2y - 1, 2x + 2, clamped at the edges), floor-divided ((x + 1) // 2 - 1), parity
+  (x // 2 - 1 + 2 * (x % 2)) and broadcast (a 2-D buffer read by a [c, y, x] Func) reads of
+  root buffers are kernels reading XLA-resampled copies; results equal numpy's."""
+  inp = ir.ImageParam(jnp.float32, 2, name="inp")
+  y, x, c = ir.Var("y"), ir.Var("x"), ir.Var("c")
+  e = boundary.repeat_edge(inp)
+  down, up, out = ir.Func("down"), ir.Func("up"), ir.Func("out")
+  down[y, x] = e[2 * y - 1, 2 * x] + 3.0 * e[2 * y, 2 * x + 1] - e[2 * y + 1, 2 * x + 2]
+  down.compute_root()
+  up[y, x] = 0.25 * down[y, x // 2 - 1 + 2 * (x % 2)] + 0.75 * down[(y + 1) // 2 - 1, x // 2]
+  up.compute_root()
+  out[c, y, x] = up[y, x] * ir.cast(jnp.float32, c + 1) + e[y // 2, x // 2]
+  p = Pipeline(out)
+  a = _image((19, 45), seed=41)
+  h, w = 19, 45
+  rep = pb.describe(p, (2, h, w), input_shapes=[a.shape], target=kind)
+  assert [r.how for r in rep.funcs] == ["pallas"] * 3, str(rep)
+  assert "resampled" in rep.funcs[0].detail, rep.funcs[0].detail
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", pb.XlaFallbackWarning)
+    got = np.asarray(p.compile("pallas", target=kind, interpret=True)(a, output_shape=(2, h, w)))
+
+  a64 = a.astype(np.float64)
+
+  def ea(yy, xx):
+    return a64[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+
+  def dn(yy, xx):
+    return ea(2 * yy - 1, 2 * xx) + 3 * ea(2 * yy, 2 * xx + 1) - ea(2 * yy + 1, 2 * xx + 2)
+
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  upv = 0.25 * dn(yy, xx // 2 - 1 + 2 * (xx % 2)) + 0.75 * dn((yy + 1) // 2 - 1, xx // 2)
+  want = np.stack([upv * (k + 1) + ea(yy // 2, xx // 2) for k in range(2)])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def _equalize_np(a: np.ndarray) -> np.ndarray:
