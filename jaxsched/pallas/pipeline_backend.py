@@ -225,6 +225,9 @@ class _Read:
   index: int = 0  # "scalar": element of a 1-D table
   expr: ir.Expr | None = None  # "lut": the data-dependent index, evaluated in-kernel
   axes: tuple[int, ...] = ()  # RDom update "buf": layout axis per buffer dim (-1: constant)
+  # "select": one "buf" read per value of a small dim read by a data-dependent ``expr``
+  # (planes[j] is the value ``index + j``), selected in-kernel by compare-and-select.
+  planes: tuple = ()
 
 
 class _Derived:
@@ -244,6 +247,8 @@ class _Derived:
     self.base, self.maps = base, maps
     self.dtype = base.dtype
     tags = [m[0] + (str(m[1]) if m[0] != "expr" else "") for m in maps if m is not None]
+    # dims read at one constant index ("const" maps) are dropped from D
+    self.keep = tuple(j for j, m in enumerate(maps) if m is None or m[0] != "const")
     self.name = f"{base.name}[{','.join(tags)}]"
 
   def indices(self, d: int, lo: int, size: int) -> np.ndarray:
@@ -332,8 +337,12 @@ def _resample(a: ir.Expr, t: Any, j: int, bounds, children) -> tuple[str, tuple,
     return None
   lin = B.linear(inner)
   if lin is not None:
+    if not lin[0] and len(bounds[id(t)]) > 1:
+      # a constant index into an N-D buffer (a channel, a level): that plane, dim dropped
+      v = lin[1] if clamp is None else min(max(lin[1], clamp[0]), clamp[1])
+      return None, ("const", v), 0
     if len(lin[0]) != 1:
-      return None  # a constant, or several vars (transposed / mixed: not a resampling)
+      return None  # a constant into a table, or several vars (transposed / mixed)
     ((k, s),) = lin[0].items()
     if k[0] != "v" or s < 2:
       return None  # v + c: a plain stencil read
@@ -361,9 +370,12 @@ def _classify_call(
   tn = t.name
   # Resampling reads (pyramids' 2 * x + c, upsampling x // 2, ...) of a root buffer: a stencil
   # read of a _Derived copy XLA prepares before the kernel.
-  if derived is not None:
+  if derived is not None and id(t) in bounds and id(t) not in children:
+    dd = [j for j, a in enumerate(c.args) if _data_dependent(a)]
+    if len(c.args) > 1 and len(dd) == 1:
+      return _classify_select(c, dd[0], names, bounds, derived)
     res = [_resample(a, t, j, bounds, children) for j, a in enumerate(c.args)]
-    if any(r is not None for r in res):
+    if not dd and any(r is not None for r in res):
       return _classify_resampled(c, res, names, bounds, derived)
   lins = []
   for a in c.args:
@@ -427,6 +439,9 @@ def _classify_resampled(c: ir.Call, res: list, names: list[str], bounds, derived
   t = c.target
   maps, vars_, shift_of = [], [], []
   for j, (a, r) in enumerate(zip(c.args, res, strict=True)):
+    if r is not None and r[0] is None:  # a constant index: the dim is dropped
+      maps.append(r[1])
+      continue
     if r is not None:
       v, m, sh = r
     else:
@@ -452,6 +467,8 @@ def _classify_resampled(c: ir.Call, res: list, names: list[str], bounds, derived
     vars_.append(v)
     shift_of.append(sh)
   dims = [names.index(v) for v in vars_]
+  if not dims:
+    raise _Unsupported(f"read {_short(c)} at a constant index of a {len(c.args)}-D buffer")
   if len(set(dims)) != len(dims) or dims != sorted(dims):
     raise _Unsupported(f"read {_short(c)}: dims {vars_} are transposed or repeated (a gather)")
   key = (id(t), tuple(m if m is None or m[0] != "expr" else (m[0], m[1]) for m in maps))
@@ -463,6 +480,63 @@ def _classify_resampled(c: ir.Call, res: list, names: list[str], bounds, derived
     shift[d] = int(sh)
   axes = tuple(dims) if len(dims) < len(names) else ()
   return _Read("buf", q, tuple(shift), axes=axes)
+
+
+SELECT_LIMIT = 16  # values of a dim read by a data-dependent index, selected in-kernel
+SELECT_GROWTH = 8  # the plane copies may total this many times the buffer's size
+
+
+def _data_dependent(a: ir.Expr) -> bool:
+  return any(isinstance(n, ir.Call | ir.Param) for n in ir.walk(a))
+
+
+def _classify_select(c: ir.Call, j: int, names: list[str], bounds, derived: dict) -> _Read:
+  """``buf[.., e(data), ..]`` with a small dim ``j`` (level selection ``lPyramid[y, x, li]``):
+  one plane read per value of dim ``j`` (``buf[.., z, ..]``, a _Derived copy without that dim),
+  selected in-kernel where ``clamp(e) == z`` (Mosaic has no vector gather; XLA's gather clamps
+  its indices the same way)."""
+  t = c.target
+  lo, hi = bounds[id(t)][j]
+  n = hi - lo + 1
+  if n > SELECT_LIMIT:
+    raise _Unsupported(
+      f"read {_short(c)}: data-dependent index into dim {j} of {n} values (> {SELECT_LIMIT}, "
+      "a gather)"
+    )
+  planes = []
+  for z in range(lo, hi + 1):
+    args = list(c.args)
+    args[j] = ir.Const(z, np.int32)
+    planes.append(_classify_call(ir.Call(t, args), names, {}, bounds, derived))
+  if any(p.kind != "buf" for p in planes):
+    raise _Unsupported(f"read {_short(c)}: the other indices are not stencils or resamplings")
+  base = math.prod(b - a + 1 for a, b in bounds[id(t)])
+  copies = {id(p.target): p.target for p in planes if isinstance(p.target, _Derived)}
+  grown = sum(_derived_size(q, bounds, names) for q in copies.values())
+  if grown > SELECT_GROWTH * base:
+    raise _Unsupported(
+      f"read {_short(c)}: selecting among {n} values of dim {j} would read {len(copies)} "
+      f"resampled copies of {t.name} ({grown} elements, > {SELECT_GROWTH}x its {base})"
+    )
+  return _Read("select", t, expr=c.args[j], index=lo, planes=tuple(planes))
+
+
+def _derived_size(q: _Derived, bounds, names) -> int:
+  """Elements of a _Derived copy per unit of consumer extent along its mapped dims (repeat
+  maps grow it by their factor, stride maps shrink it)."""
+  size = 1
+  for j, m in enumerate(q.maps):
+    lo, hi = bounds[id(q.base)][j]
+    n = hi - lo + 1
+    if m is None:
+      size *= n
+    elif m[0] == "rep":
+      size *= n * m[1]
+    elif m[0] == "stride":
+      size *= -(-n // m[1])
+    elif m[0] == "expr":
+      size *= n
+  return size
 
 
 @dataclasses.dataclass
@@ -629,7 +703,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
         raise _Unsupported(f"{q.func.name}: nested inline reduction")
       if isinstance(n, ir.Call):
         rd[id(n)] = _classify_call(n, names, children, bounds, derived)
-        if rd[id(n)].kind == "buf":
+        if rd[id(n)].kind in ("buf", "select"):
           dtypes.append(n.target.dtype)
         if rd[id(n)].kind == "lut":
           luts[id(n.target)] = bounds[id(n.target)][0]
@@ -714,7 +788,7 @@ def _walk_no_args(e: ir.Expr, reads: dict[int, _Read]):
     yield n
     if not isinstance(n, ir.Call):
       stack.extend(ir.children(n))
-    elif reads[id(n)].kind == "lut":
+    elif reads[id(n)].kind in ("lut", "select"):
       stack.append(reads[id(n)].expr)
 
 
@@ -755,6 +829,15 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
       r = rd[id(n)]
       if r.kind in ("scalar", "lut"):
         scalars[id(r.target)] = r.target
+        continue
+      for pr in r.planes:  # "select": every plane is read at this point
+        t = tuple(a + b for a, b in zip(s, pr.shift, strict=True))
+        key = id(pr.target)
+        if pr.axes:
+          bcast[key] = pr.axes
+        buf_lo[key] = np.minimum(buf_lo.get(key, t), t)
+        buf_hi[key] = np.maximum(buf_hi.get(key, t), t)
+      if r.kind == "select":
         continue
       t = tuple(a + b for a, b in zip(s, r.shift, strict=True))
       if r.kind == "buf":
@@ -807,7 +890,8 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
 
 
 def _targets_of(k: _Kernel) -> list[Any]:
-  return [r.target for rd in k.reads.values() for r in rd.values() if r.kind == "buf"]
+  reads = [r for rd in k.reads.values() for r in rd.values()]
+  return [r.target for r in reads if r.kind == "buf"] + [p.target for r in reads for p in r.planes]
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -908,6 +992,14 @@ class _Eval:
       return self._scalar(r.target, r.index, r.target.dtype)
     if r.kind == "lut":
       return self._lut(r, s)
+    if r.kind == "select":
+      idx = jnp.asarray(self.ev(r.expr, s)).astype(jnp.int32)
+      idx = jnp.clip(idx, r.index, r.index + len(r.planes) - 1)
+      out = None
+      for z, pr in enumerate(r.planes, start=r.index):
+        v = self._buf(pr.target, tuple(a + b for a, b in zip(s, pr.shift, strict=True)))
+        out = v if out is None else jnp.where(idx == z, v, out)
+      return out
     t = tuple(a + b for a, b in zip(s, r.shift, strict=True))
     if r.kind == "child":
       return self._child(r.target, t)
@@ -1053,13 +1145,18 @@ def _derive(q: _Derived, base: tuple, axes, lo: Sequence[int], size: Sequence[in
   arr, amin = base
   amin = list(amin)
   for j, m in enumerate(q.maps):
-    if m is None:
+    if m is None or m[0] == "const":
       continue
-    d = axes[j] if axes else j  # the consumer dim this base dim is read along
+    d = axes[q.keep.index(j)] if axes else q.keep.index(j)  # the consumer dim it is read along
     idx = q.indices(j, lo[d], size[d]) - amin[j]
     idx = np.clip(idx, 0, arr.shape[j] - 1)  # past-the-region block padding only
     arr = jnp.take(arr, jnp.asarray(idx, jnp.int32), axis=j)
     amin[j] = lo[d]
+  for j in reversed(range(len(q.maps))):
+    m = q.maps[j]
+    if m is not None and m[0] == "const":
+      arr = lax.index_in_dim(arr, int(np.clip(m[1] - amin[j], 0, arr.shape[j] - 1)), j, False)
+      del amin[j]
   return arr, amin
 
 

@@ -131,21 +131,11 @@ def test_root_schedule_is_two_kernels_and_equals_xla():
     ("camera_pipe", "tpu", {}, {"curve"}),
     ("camera_pipe", "gpu", {}, {"curve"}),
     ("bilateral_grid", "gpu", {}, {"histogram", "bilateral_grid"}),
-    (
-      "local_laplacian",
-      "tpu",
-      {"levels": 3},
-      # gPyramid0 is a kernel: the image broadcast along k, remap[...] looked up in-kernel;
-      # the pyramids' 2x downsampling and upsampling read resampled copies. Left: the lookups
-      # of a level by a data-dependent index (lPyramid[y, x, li]).
-      {"remap", "outLPyramid2", "outGPyramid1", "outGPyramid0"},
-    ),
-    (
-      "local_laplacian",
-      "gpu",
-      {"levels": 3},
-      {"remap", "outLPyramid2", "outGPyramid1"} | {"outGPyramid0"},
-    ),
+    # gPyramid0 is a kernel: the image broadcast along k, remap[...] looked up in-kernel; the
+    # pyramids' 2x down/upsampling read resampled copies; the level lookup lPyramid[y, x, li]
+    # selects among the 8 level planes in-kernel.
+    ("local_laplacian", "tpu", {"levels": 3}, {"remap"}),
+    ("local_laplacian", "gpu", {"levels": 3}, {"remap"}),
   ],
 )
 def test_other_apps_equal_xla_and_report_xla_stages(app, kind, kwargs, xla_funcs):
@@ -228,6 +218,43 @@ def test_resampling_reads_are_kernels_equal_numpy(kind):
   upv = 0.25 * dn(yy, xx // 2 - 1 + 2 * (xx % 2)) + 0.75 * dn((yy + 1) // 2 - 1, xx // 2)
   want = np.stack([upv * (k + 1) + ea(yy // 2, xx // 2) for k in range(2)])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_data_dependent_small_dim_selects_in_kernel_equal_numpy(kind):
+  """``s3[clamp(e(data), 0, 5), y, x + 1]`` into a 6-value dim selects among the 6 planes
+  in-kernel; ``s3[2, y, x]`` reads one plane (a constant index into a 3-D buffer). Equal to
+  numpy."""
+  inp = ir.ImageParam(jnp.float32, 2, name="inp")
+  k, y, x = ir.Var("k"), ir.Var("y"), ir.Var("x")
+  e = boundary.repeat_edge(inp)
+  s3, out = ir.Func("s3"), ir.Func("out")
+  s3[k, y, x] = e[y, x] * ir.cast(jnp.float32, k + 1) + ir.cast(jnp.float32, k)
+  s3.compute_root()
+  out[y, x] = s3[ir.clamp(ir.cast(jnp.int32, e[y, x] * 8.0) - 1, 0, 5), y, x + 1] - s3[2, y, x]
+  p = Pipeline(out)
+  h, w = 13, 40
+  a = _image((h, w), seed=43)
+  rep = pb.describe(p, (h, w), input_shapes=[a.shape], target=kind)
+  assert [r.how for r in rep.funcs] == ["pallas", "pallas"], str(rep)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", pb.XlaFallbackWarning)
+    got = np.asarray(p.compile("pallas", target=kind, interpret=True)(a))
+  a64 = np.pad(a.astype(np.float64), ((0, 0), (0, 1)), mode="edge")
+  ks = np.arange(6)[:, None, None]
+  s3v = a64[None] * (ks + 1) + ks  # [6, h, w + 1]
+  idx = np.clip((a * np.float32(8.0)).astype(np.int32) - 1, 0, 5)
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  want = s3v[idx, yy, xx + 1] - s3v[2, :, :w]
+  assert idx.min() == 0 and idx.max() == 5  # both clamps and every plane are exercised
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bilateral_slice_stays_xla_with_the_growth_named():
+  g = apps.make("bilateral_grid", backend="pallas")
+  rep = pb.describe(g.pipeline, (32, 128), input_shapes=[(32, 128)], target="gpu")
+  why = next(r.detail for r in rep.funcs if r.func == "bilateral_grid")
+  assert "resampled copies of blury" in why and "> 8x" in why, why
 
 
 def _equalize_np(a: np.ndarray) -> np.ndarray:
