@@ -115,6 +115,20 @@ def test_camera_pipe_lowering_switches_exact(switch, monkeypatch):
       np.testing.assert_array_equal(got, want, err_msg=f"{sched} {switch}={on}")
 
 
+@pytest.mark.parametrize("flat", [True, False])
+def test_bilateral_grid_flat_index_switch_matches_numpy(flat, monkeypatch):
+  """The splat (4-D scatter) and slice (4-D gathers) at one linear index, or XLA's N-D
+  scatter/gather: both equal the float64 reference."""
+  from jaxsched.pipelines import xla
+
+  monkeypatch.setattr(xla, "_FLAT_INDEX", flat)
+  a = _image(29, 43, 17) - np.float32(0.25)
+  want = _reference("bilateral_grid", a)
+  got = np.asarray(apps.make("bilateral_grid", "root").compile()(a))
+  err = float(np.abs(got - want).max()) / float(np.abs(want).max())
+  assert err < RTOL["bilateral_grid"], f"_FLAT_INDEX={flat}: relative error {err}"
+
+
 def test_unsharp_sigma_is_a_runtime_param():
   a = _image(13, 17, 3)
   fn = apps.make("unsharp", "root").compile()
