@@ -587,6 +587,7 @@ _SLAB_WINDOWS = True  # border slabs read edge-padded windows (see _slab_windows
 _RECIP_DIV = True
 _MATERIALIZE = True  # root Funcs behind a real fusion boundary (see _materialize)
 _MATERIALIZE_MIN = 64
+_PEEL_MIN_FRACTION = 0.75
 _FLAT_INDEX = True  # N-D gathers/scatters at one linear index (_Ctx.gather, _scatter)
 _POLYPHASE = True  # branches on v % k evaluated per residue class (see _eval_phases)
 
@@ -633,6 +634,10 @@ def _eval_pure(fp: L.FuncPlan, mins: list[Any], exts: tuple[int, ...], bufs, par
   inter = _interior(fp, mins, exts)
   full = [(m, m + e - 1) for m, e in zip(mins, exts, strict=True)]
   if inter == full or any(hi - lo + 1 < 8 for lo, hi in inter):
+    return _eval_region(fp, mins, exts, bufs, params)
+  if math.prod(hi - lo + 1 for lo, hi in inter) < _PEEL_MIN_FRACTION * math.prod(exts):
+    # Mostly border (a pyramid base with its halo: 53% interior): one clamped pass beats
+    # filling a scratch buffer and writing core + slabs into it (local Laplacian 167 -> 134 ms).
     return _eval_region(fp, mins, exts, bufs, params)
   core = _eval_region(
     fp, [lo for lo, _ in inter], tuple(hi - lo + 1 for lo, hi in inter), bufs, params

@@ -167,7 +167,14 @@ def test_every_app_has_xla_default_and_alternatives():
 
 
 @pytest.mark.parametrize(
-  "switch,mode", [("_CORE_IN_PLACE", True), ("_CORE_IN_PLACE", False), ("_SLAB_WINDOWS", False)]
+  "switch,mode",
+  [
+    ("_CORE_IN_PLACE", True),
+    ("_CORE_IN_PLACE", False),
+    ("_SLAB_WINDOWS", False),
+    ("_PEEL_MIN_FRACTION", 0.0),  # peel however thin the interior (small test images)
+    ("_PEEL_MIN_FRACTION", 1.1),  # never peel
+  ],
 )
 @pytest.mark.parametrize("name", ["blur", "unsharp", "harris"])
 def test_lowering_switches_match_numpy(name, switch, mode, monkeypatch):

@@ -127,9 +127,10 @@ APP = App(
   name="local_laplacian",
   build=build,
   schedules={"xla": {"root": root, "fused": fused}},
-  # 2048^2 f32, levels=8, shared 2-core CPU, interleaved rounds: root 329 ms vs fused 382 ms
-  # (load 0.7), 583 vs 741 ms (load 2.6); with peeled interiors written in place, fusing the
-  # Laplacian levels now recomputes more than materialising them costs.
-  default={"xla": "root"},
+  # 2048^2 f32, levels=8, shared 2-core CPU, medians of 5 interleaved rounds (2026-11-24
+  # evening, root Funcs really materialised and the 47%-border gPyramid0 evaluated unpeeled):
+  # fused 134 ms vs root 177 ms. (Earlier, when XLA re-fused "root" levels: root 329 vs fused
+  # 382 ms.)
+  default={"xla": "fused"},
   description="local Laplacian filter with `levels` pyramid levels (grayscale)",
 )
