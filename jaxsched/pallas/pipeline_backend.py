@@ -52,14 +52,20 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   prefix scan ``f[r] = f[r - 1] + e(r)`` is one triangular compare-and-sum kernel. The pure
   definition (initial values) is evaluated by XLA. Reads in an update must be windows
   (``inp[r.y + c, r.x + c']``, the RVars in the RDom's order, or constants).
+* A scatter-add into an N-D Func whose indices are its own pure vars except one small
+  data-dependent dim (the bilateral grid's splat ``hist[gy, gx, z(r), c] += v(r)``, <= 64
+  RDom points, <= 64 values along ``z``) is rewritten as a pure definition, ``init + sum_r
+  select(z(r) == z, v(r), 0)``, and becomes an ordinary kernel: each output block sums its own
+  RDom points (no scatter, no atomics); its strided reads are resampled copies.
 
 **What runs as XLA ops between the kernels** (never silently: tracing issues an
 :class:`XlaFallbackWarning` naming them, :func:`describe` lists every Func with the reason, and
 docs/pallas_backend.md says why): extern Funcs, 1-D Funcs (lookup tables), updates other than
-the above (of N-D Funcs, e.g. the bilateral grid's splat; serial or non-commutative ones; with
-gathers in the RDom), and Funcs whose reads are not stencils: data-dependent indices into
-N-D buffers (gathers), transposed dims, constant indices into images, clamps that are not the
-buffer's edges, resampled reads of compute_at producers, large or arg-reductions.
+the above (serial or non-commutative ones, N-D ones of other forms, with gathers in the RDom),
+and Funcs whose reads are not stencils: data-dependent indices into N-D buffers (gathers) in
+more than one dim or into a large dim, transposed dims, constant indices at every dim of an
+N-D buffer, clamps that are not the buffer's edges, resampled reads of compute_at producers,
+large or arg-reductions.
 Those Funcs are evaluated with the XLA backend's own evaluator, and their results feed the
 kernels as ordinary inputs.
 
@@ -678,7 +684,8 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   f = fp.func
   if f.extern is not None:
     raise _Unsupported("extern Func (its values come from a JAX function)")
-  if len(fp.stages) > 1:
+  own = _onehot_update(fp) if len(fp.stages) > 1 else None
+  if len(fp.stages) > 1 and own is None:
     return _plan_update(fp, kind, bounds)
   if f.ndim < 2:
     raise _Unsupported("1-D Func (a table): computed with XLA ops, read by kernels as scalars")
@@ -694,7 +701,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
     if q.func.ndim != f.ndim:
       raise _Unsupported(f"compute_at producer {q.func.name} has a different rank")
     try:
-      v = _unroll(q.stages[0].value)
+      v = _unroll(own if q is fp and own is not None else q.stages[0].value)
     except _Unsupported as e:
       raise _Unsupported(f"{q.func.name}: {e}") from None
     rd: dict[int, _Read] = {}
@@ -1291,6 +1298,45 @@ def _self_update(f: ir.Func, st: L.Stage) -> tuple[str, ir.Expr] | None:
   return None
 
 
+ONEHOT_BINS = 64  # values of the data-dependent dim of an N-D scatter done as a one-hot sum
+
+
+def _onehot_update(fp: L.FuncPlan) -> ir.Expr | None:
+  """An N-D Func whose one update is a scatter-add ``f[.., idx(r, ..), ..] += e(r, ..)`` with
+  every other index its own pure var (the bilateral grid's splat ``hist[gy, gx, z(r), c]``),
+  a small static RDom and few values along the scattered dim, as one pure definition:
+  ``init + sum_r select(idx(r) == v, e(r), 0)``. The kernel then computes each output block
+  from its own inputs (a one-hot sum per point: no atomics, no scatter), and out-of-range
+  indices contribute nothing, as XLA's scatter drops them. None if ``fp`` is not of that form.
+  """
+  f = fp.func
+  if f.ndim < 2 or len(fp.stages) != 2:
+    return None
+  st = fp.stages[1]
+  su = _self_update(f, st)
+  if su is None or su[0] != "add" or st.rdom is None:
+    return None
+  names = [v.name for v in f.args]
+  dd = None
+  for j, a in enumerate(st.args):
+    if isinstance(a, ir.Var) and a.name == names[j]:
+      continue
+    if dd is not None or not any(isinstance(n, ir.RVar) for n in ir.walk(a)):
+      return None
+    dd = j
+  if dd is None or fp.region[dd][1] > ONEHOT_BINS:
+    return None
+  try:
+    points = math.prod(B.static_int(e) for _, e in st.rdom.ranges)
+  except (TypeError, ValueError):
+    return None
+  if points > UNROLL_LIMIT:
+    return None
+  e = ir.cast(f.dtype, su[1])
+  hit = ir.select(st.args[dd] == f.args[dd], e, ir.cast(f.dtype, 0))
+  return ir.cast(f.dtype, fp.stages[0].value + ir.reduce_sum(hit))
+
+
 def _classify_rdom_call(c: ir.Call, rvars: list[Any], bounds) -> _Read:
   """A read inside an RDom update: a window of a root buffer at ``r + const`` per dim (in
   layout order), or a 1-D table at a constant index; anything else raises _Unsupported."""
@@ -1762,6 +1808,10 @@ def _report(lows, kind: str) -> PallasReport:
     detail = f"{tile}, block {k.block}, grid {grid}"
     if kids:
       detail += f", computes {kids} per block + halo"
+    if len(fp.stages) > 1:
+      detail += (
+        ", its scatter-add update as a one-hot sum over the RDom per output point (no scatter)"
+      )
     resampled = sorted(
       {
         r.target.name

@@ -130,7 +130,10 @@ def test_root_schedule_is_two_kernels_and_equals_xla():
     # kernels reading resampled copies; the curve is a 1-D table.
     ("camera_pipe", "tpu", {}, {"curve"}),
     ("camera_pipe", "gpu", {}, {"curve"}),
-    ("bilateral_grid", "gpu", {}, {"histogram", "bilateral_grid"}),
+    # The splat hist[gy, gx, z(r), c] += ... is a kernel (a one-hot sum over its 8x8 RDom per
+    # grid cell, reading stride-8 phase copies of the input); the trilinear slice stays XLA.
+    ("bilateral_grid", "gpu", {}, {"bilateral_grid"}),
+    ("bilateral_grid", "tpu", {}, {"bilateral_grid"}),
     # gPyramid0 is a kernel: the image broadcast along k, remap[...] looked up in-kernel; the
     # pyramids' 2x down/upsampling read resampled copies; the level lookup lPyramid[y, x, li]
     # selects among the 8 level planes in-kernel.
@@ -248,6 +251,43 @@ def test_data_dependent_small_dim_selects_in_kernel_equal_numpy(kind):
   want = s3v[idx, yy, xx + 1] - s3v[2, :, :w]
   assert idx.min() == 0 and idx.max() == 5  # both clamps and every plane are exercised
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_nd_scatter_into_a_small_dim_is_a_one_hot_kernel_equal_numpy(kind):
+  """``f[y, x, z(r), c] += v(r)`` over a 3x2 RDom per cell (a bilateral-grid splat: reads of
+  ``inp[3y + r.y - 1, 2x + r.x]``, clamped at the edges) is one kernel, equal to numpy."""
+  inp = ir.ImageParam(jnp.float32, 2, name="inp")
+  y, x, z, c = ir.Var("y"), ir.Var("x"), ir.Var("z"), ir.Var("c")
+  e = boundary.repeat_edge(inp)
+  r = ir.RDom((0, 2), (0, 3), name="r")
+  val = e[3 * y + r.y - 1, 2 * x + r.x]
+  zi = ir.cast(jnp.int32, ir.clamp(val, 0.0, 1.0) * 4.0 + 0.5)
+  f = ir.Func("f")
+  f[y, x, z, c] = ir.cast(jnp.float32, c) * 0.5
+  f[y, x, zi, c] += ir.select(c == 0, val, 1.0)
+  f.compute_root()
+  out = ir.Func("out")
+  out[y, x, z, c] = f[y, x, z, c] * 2.0
+  p = Pipeline(out)
+  a = _image((14, 21), seed=47) * np.float32(1.2) - np.float32(0.1)  # some values clamp
+  shape = (5, 11, 5, 2)
+  rep = pb.describe(p, shape, input_shapes=[a.shape], target=kind)
+  assert [r.how for r in rep.funcs] == ["pallas", "pallas"], str(rep)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", pb.XlaFallbackWarning)
+    got = np.asarray(p.compile("pallas", target=kind, interpret=True)(a, output_shape=shape))
+  want = np.zeros(shape)
+  want[..., 1] = 0.5
+  for yy in range(5):
+    for xx in range(11):
+      for ry in range(3):
+        for rx in range(2):
+          v = float(a[np.clip(3 * yy + ry - 1, 0, 13), np.clip(2 * xx + rx, 0, 20)])
+          zz = int(np.float32(min(max(v, 0.0), 1.0)) * np.float32(4.0) + np.float32(0.5))
+          want[yy, xx, zz, 0] += v
+          want[yy, xx, zz, 1] += 1.0
+  np.testing.assert_allclose(got, want * 2.0, rtol=1e-5, atol=1e-5)
 
 
 def test_bilateral_slice_stays_xla_with_the_growth_named():
