@@ -38,6 +38,9 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   up in-kernel by a loop of compare-selects over its entries (Mosaic has no vector gather).
   A lower-rank root buffer read at a subsequence of the consumer's vars (an image read by a
   ``[y, x, k]`` Func) is broadcast along the missing dims by XLA before the kernel.
+* A pure 1-D Func (a lookup table: a gamma curve, Gaussian weights) is a ``[1, n]`` row kernel
+  (``_as_row``: Mosaic's 1-D vector layouts need the device generation at lowering), reshaped
+  back to ``[n]``; kernels read it as scalars or in-kernel LUTs.
 * Resampling reads of a root buffer or image -- strided (a pyramid's ``f[2 * x + c]``),
   floor-divided (upsampling ``f[(x + c) // 2]``) or any static index of one var (``x // 2 - 1
   + 2 * (x % 2)``) -- read a copy XLA resamples before the kernel (one ``take`` of static
@@ -60,7 +63,7 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
 
 **What runs as XLA ops between the kernels** (never silently: tracing issues an
 :class:`XlaFallbackWarning` naming them, :func:`describe` lists every Func with the reason, and
-docs/pallas_backend.md says why): extern Funcs, 1-D Funcs (lookup tables), updates other than
+docs/pallas_backend.md says why): extern Funcs, updates other than
 the above (serial or non-commutative ones, N-D ones of other forms, with gathers in the RDom),
 and Funcs whose reads are not stencils: data-dependent indices into N-D buffers (gathers) in
 more than one dim or into a large dim, transposed dims, constant indices at every dim of an
@@ -679,16 +682,29 @@ def _buffer_bounds(p: L.Plan, image_shapes) -> dict[int, list[tuple[int, int]]]:
   return out
 
 
+def _as_row(fp: L.FuncPlan) -> L.FuncPlan:
+  """A pure 1-D Func (a lookup table: a curve, Gaussian weights) as a ``[1, n]`` Func with the
+  same values, so its kernel has the 2-D blocks both targets lay out well; the row is reshaped
+  back to ``[n]`` after the kernel."""
+  f = fp.func
+  (i,) = f.args
+  row = ir.Var(f"_{f.name}_row")
+  g = ir.Func(f.name)
+  g[row, i] = fp.stages[0].value
+  return L.FuncPlan(g, "root", [L.Stage((row, i), fp.stages[0].value, None)], [(0, 1), *fp.region])
+
+
 def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   """The kernel lowering of root Func ``fp``; raises _Unsupported with the reason otherwise."""
   f = fp.func
   if f.extern is not None:
     raise _Unsupported("extern Func (its values come from a JAX function)")
+  if f.ndim == 1 and len(fp.stages) == 1 and f.extern is None:
+    fp = _as_row(fp)  # a table: a [1, n] kernel (Mosaic's 1-D layouts need the device)
+    f = fp.func
   own = _onehot_update(fp) if len(fp.stages) > 1 else None
   if len(fp.stages) > 1 and own is None:
     return _plan_update(fp, kind, bounds)
-  if f.ndim < 2:
-    raise _Unsupported("1-D Func (a table): computed with XLA ops, read by kernels as scalars")
   kids = [] if fp.group is None else [p.by_func[id(ch.func)] for ch in fp.group.children]
   children = {id(k.func): k for k in kids}
   names = [v.name for v in f.args]
@@ -1806,6 +1822,8 @@ def _report(lows, kind: str) -> PallasReport:
     grid = [(k.fp.func.args[d].name, n, s) for d, n, s in k.grid]
     tile = ("default " if k.default_tile else "") + f"tile {k.tile}"
     detail = f"{tile}, block {k.block}, grid {grid}"
+    if fp.func.ndim == 1:  # _as_row
+      detail = f"table of {fp.region[0][1]} entries as a [1, n] row: block {k.block}, grid {grid}"
     if kids:
       detail += f", computes {kids} per block + halo"
     if len(fp.stages) > 1:
@@ -1927,6 +1945,7 @@ def execute(
           arr = _run_update(u, fp, arr, bufs, params, kind, interpret, num_warps)
       elif not isinstance(k, str):
         arr = _run_kernel(k, bufs, params, kind, interpret, num_warps)
+        arr = arr.reshape([e for _, e in fp.region])  # a table's [1, n] row back to [n]
       else:  # no kernel for this Func: the XLA backend evaluates it
         arr = _xla.eval_root(p, fp, bufs, params)
       bufs[id(fp.func)] = (arr, mins)
@@ -2074,9 +2093,9 @@ def _hist_eq(ty: int, tx: int) -> Callable[[Any], None]:
   return sched
 
 
-# The apps below read through gathers (lookup tables, pyramids' 2x/x/2 resampling, trilinear
-# slicing) or reduce with RDom updates: those Funcs run as XLA ops between the kernels (see
-# ``describe``); their stencil stages are kernels.
+# The apps below read through lookup tables, resample (pyramids' 2x / x/2, Bayer planes), select
+# levels by data or reduce with RDom updates; all of it is kernels except the bilateral grid's
+# trilinear slice (see ``describe``).
 _CAMERA_ROOT = ["curve", "g_gr", "r_r", "b_b", "g_gb"]
 PALLAS_SCHEDULES.update(
   {

@@ -48,3 +48,11 @@ def test_tiny_run_checks_and_times_every_candidate(capsys):
     assert "halide manual" in row["times"] and row["halide_failures"] == {}
     assert any(k.startswith("jaxsched") for k in row["times"])
     assert np.isfinite(row["halide_best"])
+
+
+def test_pallas_pipeline_compile_rows_count_kernels_and_calls():
+  from bench import pallas_pipelines as pp
+
+  r = pp.compile_row("unsharp", "tiled_small", "h100")
+  assert (r["kernels"], r["xla"], r["ok"]) == (2, 0, "OK")  # the weights table + the output
+  assert r["calls"] >= r["kernels"]

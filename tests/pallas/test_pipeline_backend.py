@@ -106,7 +106,9 @@ def test_default_schedule_equals_xla(app, kind):
   ref = np.asarray(apps.make(app).compile("xla")(a, **params))
   g = apps.make(app, backend="pallas")
   rep = pb.describe(g.pipeline, SHAPE, target=kind)
-  assert [r.func for r in rep.funcs if r.how == "pallas"] == [app if app != "blur" else "blur_y"]
+  kernels = {"blur": ["blur_y"], "unsharp": ["kernel", "unsharp"], "harris": ["harris"]}[app]
+  assert [r.func for r in rep.funcs if r.how == "pallas"] == kernels  # unsharp: weights table
+  assert all(r.how == "pallas" for r in rep.funcs), str(rep)
   out = np.asarray(g.compile("pallas", target=kind, interpret=True)(a, **params))
   np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-6)
 
@@ -127,9 +129,9 @@ def test_root_schedule_is_two_kernels_and_equals_xla():
     ("histogram_equalize", "gpu", {}, set()),  # hist, cdf and the lookup are all kernels
     ("histogram_equalize", "tpu", {}, set()),
     # Bayer planes (denoised[2y + dy, 2x + dx]) and the interleave (plane[y // 2, x // 2]) are
-    # kernels reading resampled copies; the curve is a 1-D table.
-    ("camera_pipe", "tpu", {}, {"curve"}),
-    ("camera_pipe", "gpu", {}, {"curve"}),
+    # kernels reading resampled copies; the curve (a 1-D table) is a 1-D kernel.
+    ("camera_pipe", "tpu", {}, set()),
+    ("camera_pipe", "gpu", {}, set()),
     # The splat hist[gy, gx, z(r), c] += ... is a kernel (a one-hot sum over its 8x8 RDom per
     # grid cell, reading stride-8 phase copies of the input); the trilinear slice stays XLA.
     ("bilateral_grid", "gpu", {}, {"bilateral_grid"}),
@@ -137,8 +139,8 @@ def test_root_schedule_is_two_kernels_and_equals_xla():
     # gPyramid0 is a kernel: the image broadcast along k, remap[...] looked up in-kernel; the
     # pyramids' 2x down/upsampling read resampled copies; the level lookup lPyramid[y, x, li]
     # selects among the 8 level planes in-kernel.
-    ("local_laplacian", "tpu", {"levels": 3}, {"remap"}),
-    ("local_laplacian", "gpu", {"levels": 3}, {"remap"}),
+    ("local_laplacian", "tpu", {"levels": 3}, set()),
+    ("local_laplacian", "gpu", {"levels": 3}, set()),
   ],
 )
 def test_other_apps_equal_xla_and_report_xla_stages(app, kind, kwargs, xla_funcs):
@@ -176,7 +178,8 @@ def test_lookup_and_broadcast_reads_in_kernel_equal_numpy(kind):
   p = Pipeline(out)
   a = np.random.default_rng(34).integers(-50, 50, (11, 21)).astype(np.int32)
   rep = pb.describe(p, (11, 21, 4), input_shapes=[a.shape], target=kind)
-  assert [r.how for r in rep.funcs] == ["xla", "pallas"], str(rep)  # t: a 1-D table
+  assert [r.how for r in rep.funcs] == ["pallas", "pallas"], str(rep)  # t: a [1, n] row kernel
+  assert "table of 20 entries" in rep.funcs[0].detail  # bound(i, -3, 20)
   assert "looks up ['t']" in rep.funcs[1].detail
   got = np.asarray(p.compile("pallas", target=kind, interpret=True)(a, output_shape=(11, 21, 4)))
   ap = np.pad(a, ((0, 0), (0, 1)), mode="edge")[:, 1:].astype(np.int64)
@@ -420,7 +423,7 @@ def test_partial_scan_kernel_equals_numpy(kind):
   out[y, x] = f[ir.clamp(x - 2, -2, 19)] + y
   p = Pipeline(out)
   rep = pb.describe(p, (3, 24), target=kind)
-  assert [r.how for r in rep.funcs] == ["xla", "pallas", "pallas"], str(rep)  # t: a table
+  assert [r.how for r in rep.funcs] == ["pallas", "pallas", "pallas"], str(rep)  # t: a table
   assert "prefix scan over 12 points" in rep.funcs[1].detail
   a = np.random.default_rng(38).integers(-9, 9, (3, 24)).astype(np.int32)
   got = np.asarray(p.compile("pallas", target=kind, interpret=True)(a, gain=5))
