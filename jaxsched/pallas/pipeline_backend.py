@@ -763,7 +763,11 @@ def _plan_slide(k: _Kernel, kind: str) -> None:
   if not slid:
     return
   if kind != "tpu":
-    k.slide_note = "Triton programs run in parallel, so no state is carried between blocks"
+    k.slide_note = (
+      "Triton programs run in parallel, so no state is carried between blocks; an in-kernel "
+      "loop would have to keep the window in registers, which Triton cannot slice, or in a "
+      "global scratch, which needs a CTA barrier Pallas does not expose"
+    )
     return
   if len(k.children) != 1:
     k.slide_note = "a carried window is implemented for a single compute_at producer only"
@@ -798,6 +802,11 @@ def _plan_slide(k: _Kernel, kind: str) -> None:
     k.slide_note = f"the consumer has no halo along {names[d]!r}: nothing to reuse"
     return
   axis = len(k.grid) - 1
+  if k.grid[axis][2] == "parallel":
+    k.slide_note = (
+      f"loop {vc!r} was scheduled parallel; the carried window needs its steps in order, so "
+      "it runs 'arbitrary'"
+    )
   k.grid[axis] = (d, k.grid[axis][1], "arbitrary")
   k.slide = (g, d, axis)
 
@@ -1819,7 +1828,11 @@ def _report(lows, kind: str) -> PallasReport:
       rep.append(FuncReport(fp.func.name, "pallas", _update_detail(k, kind)))
       continue
     kids = [kp.func.name for kp, _ in k.children]
-    grid = [(k.fp.func.args[d].name, n, s) for d, n, s in k.grid]
+    # Dimension semantics exist on TPU only (Triton runs every program in parallel).
+    grid = [
+      (k.fp.func.args[d].name, n, s) if kind == "tpu" else (k.fp.func.args[d].name, n)
+      for d, n, s in k.grid
+    ]
     tile = ("default " if k.default_tile else "") + f"tile {k.tile}"
     detail = f"{tile}, block {k.block}, grid {grid}"
     if fp.func.ndim == 1:  # _as_row
@@ -1856,6 +1869,8 @@ def _report(lows, kind: str) -> PallasReport:
         f"scope {st['window']} rows first, then {st['new']} new rows per step; producer rows "
         f"computed {st['rows']} (overlapped tiling would compute {st['overlapped_rows']})"
       )
+      if k.slide_note:
+        detail += f" [{k.slide_note}]"
     elif slid:
       detail += (
         f"; sliding window (store_at) of {slid} computed as overlapped tiling: no reuse "

@@ -765,6 +765,21 @@ def test_carried_sliding_window_gpu_stays_overlapped():
   assert "overlapped tiling" in line and "Triton programs run in parallel" in line
 
 
+def test_carried_sliding_window_says_when_it_overrides_parallel():
+  def sched(g):
+    v = g.vars
+    by, bx = g.funcs["blur_y"], g.funcs["blur_x"]
+    by.split(v["y"], v["yo"], v["yi"], 8).parallel(v["yo"])
+    bx.store_root().compute_at(by, v["yo"])
+
+  g = _blur_graph(sched)
+  line = str(pb.describe(g.pipeline, (37, 130), target="tpu").funcs[-1])
+  assert "carried VMEM window" in line and "('y', 5, 'arbitrary')" in line
+  assert "was scheduled parallel" in line, line
+  gpu = str(pb.describe(g.pipeline, (37, 130), target="gpu").funcs[-1])
+  assert "('y', 5)" in gpu and "arbitrary" not in gpu, gpu  # no dimension semantics on GPU
+
+
 @pytest.mark.parametrize("ty,tx,shape", [(8, None, (37, 130)), (8, 128, (29, 300))])
 def test_carried_sliding_window_reuses_rows(ty, tx, shape):
   # Producer rows computed per store scope must be the scope's output rows + the halo window
