@@ -333,8 +333,9 @@ class _Ctx:
 
   def gather(self, arr, mins, args) -> Any:
     idx = [self.index(a, m) for a, m in zip(args, mins, strict=True)]
-    if len(idx) == 1 and idx[0].dtype.kind == "u":
-      # Indices lie in the buffer's region (bounds inference); unsigned ones need no fix-up.
+    if len(idx) == 1:
+      # Indices lie in the buffer's region (bounds inference) unless a bound() promised it;
+      # "clip" clamps to the region instead of wrapping negative ones as numpy indexing would.
       return jnp.take(arr, idx[0], axis=0, mode="clip")
     if len(idx) > 1 and _FLAT_INDEX and arr.size < 2**31:
       # One linear index into the flattened buffer (each dim clamped, as XLA's gather clamps):
@@ -347,7 +348,7 @@ class _Ctx:
         lin = term if lin is None else lin + term
         stride *= arr.shape[d]
       return jnp.take(arr.reshape(-1), lin, mode="clip")
-    return arr[tuple(idx)]
+    return arr.at[tuple(idx)].get(mode="clip")
 
 
 UNROLL_LIMIT = 32

@@ -307,3 +307,29 @@ def test_root_func_is_computed_once_not_fused_into_its_consumer(monkeypatch):
     body = re.search(re.escape(called) + r" \(.*?\n}", hlo, re.S).group(0)
     assert ("sine(" in body) == (not on), f"_MATERIALIZE={on}: output fusion {body[:400]}"
     np.testing.assert_allclose(run(a), want, rtol=1e-5)
+
+
+def test_bound_makes_a_data_dependent_access_legal_and_clamps_to_it():
+  """``f.bound(i, 0, 10)`` fixes the table's region: a data-dependent index bounds inference
+  cannot limit is then the user's promise, and reads outside it are clamped to the bound (as
+  XLA's gathers clamp), where without the bound it is an error naming the fix."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x, i = pl.Var("y"), pl.Var("x"), pl.Var("i")
+  f, out = pl.Func("f"), pl.Func("out")
+  f[i] = i * 3 + 1
+  out[y, x] = f[pl.cast(jnp.int32, img[y, x] * 20.0) - 2]
+  f.compute_root()
+  a = _rng(9).random((6, 7), dtype=np.float32)
+  with pytest.raises(ValueError, match=r"unbounded index in dim 0 \(i\).*f\.bound\('i'"):
+    pl.Pipeline(out).compile()(a)
+  f.bound(i, 0, 10)
+  got = pl.Pipeline(out).compile()(a)
+  idx = np.clip((a * np.float32(20.0)).astype(np.int32) - 2, 0, 9)
+  assert idx.min() == 0 and idx.max() == 9  # both ends clamp
+  np.testing.assert_array_equal(got, idx * 3 + 1)
+  g, out2 = pl.Func("g"), pl.Func("out2")
+  g[i] = i * 2
+  out2[y, x] = g[x + 5] + img[y, x]
+  g.bound(i, 0, 8).compute_root()  # x + 5 provably reaches 11: still an error
+  with pytest.raises(ValueError, match=r"g\.bound\('i', 0, 8\) is too small"):
+    pl.Pipeline(out2).compile()(a)
