@@ -288,6 +288,25 @@ class RDom:
     self.ranges = [(_wrap(a), _wrap(b)) for a, b in ranges]
     self.name = name if name is not None else f"r{next(_ids)}"
     self.vars = [RVar(self, i) for i in range(len(ranges))]
+    self.predicates: list[Expr] = []
+
+  def where(self, predicate: Any) -> RDom:
+    """Restrict the domain to the points where ``predicate`` holds (Halide's ``RDom::where``).
+
+    Predicates accumulate (logical and) and apply to every use of this RDom: an update
+    definition leaves ``f`` unchanged at excluded points, an inline reduction skips them
+    (``sum`` of none is 0, ``maximum`` of none the dtype's lowest value). Call it before
+    using the RDom in a definition, as in Halide. Bounds inference stays conservative (the
+    whole box).
+    """
+    predicate = _wrap(predicate)
+    if predicate.dtype != np.bool_:
+      raise TypeError(
+        f"RDom {self.name}.where: the predicate must be boolean (a comparison or a logical "
+        f"combination), got {predicate!r} of dtype {predicate.dtype}"
+      )
+    self.predicates.append(predicate)
+    return self
 
   def __len__(self):
     return len(self.vars)

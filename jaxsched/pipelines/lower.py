@@ -239,6 +239,66 @@ def is_inline(f: ir.Func, outputs: list[ir.Func]) -> bool:
   )
 
 
+def _where(r: ir.RDom | None) -> ir.Expr | None:
+  """The conjunction of ``r``'s ``where`` predicates (None: none)."""
+  preds = getattr(r, "predicates", None) or []
+  out = None
+  for p in preds:
+    out = p if out is None else ir.logical_and(out, p)
+  return out
+
+
+def _identity(op: str, dtype: np.dtype) -> ir.Expr:
+  """The value a reduction ``op`` ignores: excluded RDom points contribute it."""
+  dtype = np.dtype(dtype)
+  if op in ("sum", "add"):
+    v = 0
+  elif op in ("product", "mul"):
+    v = 1
+  elif dtype == np.bool_:
+    v = op in ("min", "argmin")
+  elif dtype.kind == "f":
+    v = -np.inf if op in ("max", "argmax") else np.inf
+  else:
+    info = np.iinfo(dtype)
+    v = info.min if op in ("max", "argmax") else info.max
+  return ir.Const(bool(v) if dtype == np.bool_ else v, dtype)
+
+
+def _masked_body(n: ir.Reduce) -> ir.Expr:
+  """An inline reduction's body with excluded points (``RDom.where``) replaced by the op's
+  identity (for argmax/argmin: the lowest/highest value, so they are never chosen)."""
+  pred = _where(n.rdom)
+  if pred is None:
+    return n.body
+  return ir.select(pred, n.body, _identity(n.op, n.body.dtype))
+
+
+def _masked_update(f: ir.Func, d: Any) -> ir.Expr:
+  """An update's value with ``RDom.where`` applied: a commutative self-update ``f[L] op= e``
+  adds the op's identity at excluded points (so it stays a scatter); any other update keeps
+  ``f[L]``'s current value there (Halide: excluded points are not visited)."""
+  pred = _where(d.rdom)
+  v = d.value
+  if pred is None:
+    return v
+  ops = {"add": "add", "mul": "mul", "max": "max", "min": "min"}
+  if isinstance(v, ir.BinOp) and v.op in ops:
+    for mine, other in ((v.a, v.b), (v.b, v.a)):
+      if (
+        isinstance(mine, ir.Call)
+        and mine.target is f
+        and all(_same_expr(x, y) for x, y in zip(mine.args, d.args, strict=True))
+      ):
+        masked = ir.select(pred, other, _identity(v.op, other.dtype))
+        return ir.BinOp(v.op, mine, masked) if mine is v.a else ir.BinOp(v.op, masked, mine)
+  return ir.select(pred, v, ir.Call(f, d.args))
+
+
+def _same_expr(a: ir.Expr, b: ir.Expr) -> bool:
+  return a is b or repr(a) == repr(b)
+
+
 def _resolve(e: ir.Expr, shapes: dict[int, tuple[int, ...]]) -> ir.Expr:
   def fn(n: ir.Expr):
     if isinstance(n, ir.Extent):
@@ -312,7 +372,7 @@ def _expand(
     if isinstance(n, ir.RVar):
       return _clone_rdom(n.rdom, shapes, rdmap).vars[n.index]
     if isinstance(n, ir.Reduce):
-      body = _expand(n.body, inline, shapes, used, rdmap, cache)
+      body = _expand(_masked_body(n), inline, shapes, used, rdmap, cache)
       return ir.Reduce(n.op, _clone_rdom(n.rdom, shapes, rdmap), body, n.component)
     if isinstance(n, ir.Call) and id(n.target) in inline:
       g = n.target
@@ -386,7 +446,7 @@ def plan(
         stages.append(
           Stage(
             tuple(B.fold(_expand(a, inline, image_shapes, used, rdmap, cache)) for a in d.args),
-            B.fold(_expand(d.value, inline, image_shapes, used, rdmap, cache)),
+            B.fold(_expand(_masked_update(f, d), inline, image_shapes, used, rdmap, cache)),
             None if d.rdom is None else _clone_rdom(d.rdom, image_shapes, rdmap),
           )
         )

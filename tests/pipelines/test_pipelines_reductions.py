@@ -131,3 +131,62 @@ def test_reduction_errors():
     pl.Pipeline(g).compile()(np.ones(3, np.float32), output_shape=(4,))
   with pytest.raises(IndexError, match=r"RDom .* has 1 dims; index 1 is out of range"):
     r.y  # noqa: B018
+
+
+def test_rdom_where_restricts_inline_reductions():
+  """``RDom.where``: excluded points are skipped by sum, maximum and argmax (predicates on RVars
+  and on pure vars, accumulated with and)."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  r = pl.RDom((-2, 5), name="r")
+  r.where(r.x != 0).where(r.x + x > 0)  # no centre tap; no taps left of column 1 - x
+  c = pl.boundary.repeat_edge(img)
+  s, m, am = pl.Func("s"), pl.Func("m"), pl.Func("am")
+  s[y, x] = pl.sum(c[y, x + r.x])
+  m[y, x] = pl.maximum(c[y, x + r.x] * pl.cast(jnp.float32, r.x))
+  am[y, x] = pl.argmax(c[y, x + r.x])[0]
+  a = _img(5, 9, seed=4)
+  ap = np.pad(a.astype(np.float64), ((0, 0), (2, 2)), mode="edge")
+  ok = np.array([[(t != 0) and (t + xx > 0) for t in range(-2, 3)] for xx in range(9)])  # [x, t]
+  taps = np.stack([ap[:, 2 + t : 2 + t + 9] for t in range(-2, 3)], axis=-1)  # [y, x, t]
+  want_s = np.where(ok[None], taps, 0).sum(-1)
+  want_m = np.where(ok[None], taps * np.arange(-2, 3), -np.inf).max(-1)
+  want_am = np.argmax(np.where(ok[None], taps, -np.inf), axis=-1) - 2
+  np.testing.assert_allclose(pl.Pipeline(s).compile()(a), want_s, rtol=1e-6)
+  np.testing.assert_allclose(pl.Pipeline(m).compile()(a), want_m, rtol=1e-6)
+  np.testing.assert_array_equal(pl.Pipeline(am).compile()(a), want_am)
+
+
+def test_rdom_where_restricts_updates():
+  """A histogram of the bright pixels only (a scatter that stays a scatter) and an
+  order-dependent recurrence over the even points only (serial): excluded points leave the
+  Func unchanged."""
+  img = pl.ImageParam(jnp.uint8, 2, name="img")
+  i = pl.Var("i")
+  r = pl.RDom((0, img.extent(0)), (0, img.extent(1)), name="r")
+  r.where(img[r.x, r.y] >= 128)
+  hist = pl.Func("hist")
+  hist[i] = 0
+  hist[pl.cast(jnp.int32, img[r.x, r.y]) // 16] += 1
+  a = np.random.default_rng(6).integers(0, 256, (13, 17), dtype=np.uint8)
+  got = pl.Pipeline(hist).compile()(a, output_shape=(16,))
+  want = np.bincount(a[a >= 128].astype(np.int64) // 16, minlength=16)
+  np.testing.assert_array_equal(got, want)
+
+  q = pl.RDom((1, 9), name="q")
+  q.where(q.x % 2 == 0)
+  f = pl.Func("f")
+  f[i] = pl.cast(jnp.float32, i)
+  f[q.x] = f[q.x - 1] * 2.0 + 1.0  # reads the previous point: order matters
+  got_f = pl.Pipeline(f).compile()(output_shape=(10,))
+  want_f = np.arange(10, dtype=np.float64)
+  for t in range(1, 10):
+    if t % 2 == 0:
+      want_f[t] = want_f[t - 1] * 2 + 1
+  np.testing.assert_allclose(got_f, want_f)
+
+
+def test_rdom_where_needs_a_boolean():
+  r = pl.RDom((0, 4), name="r")
+  with pytest.raises(TypeError, match=r"RDom r\.where: the predicate must be boolean"):
+    r.where(r.x + 1)
