@@ -133,6 +133,9 @@ class FuncPlan:
   stages: list[Stage]
   region: list[tuple[int, int]] | None = None  # (min, extent) of the root-level region
   group: TilePlan | None = None  # producers computed inside this Func's loops
+  # Effective ("at", func, var) of a compute_at Func: a nested compute_at chain is computed at
+  # its outermost consumer's loop (backends have one level of tile loops); None at root.
+  home: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -470,6 +473,12 @@ def plan(
         consumers[id(img)].append(fp)
 
   _validate_levels(order, fplans, consumers, outputs)
+  for fp in order:
+    if fp.level == "at":
+      home = fp.func.sched.compute
+      while fplans[id(home[1])].level == "at":
+        home = home[1].sched.compute
+      fp.home = home
 
   # Root-level regions, consumers first.
   regions: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
@@ -545,7 +554,7 @@ def plan(
 
 
 def consumers_of_at(fp: FuncPlan, order: list[FuncPlan]) -> list[FuncPlan]:
-  return [p for p in order if p.level == "at" and p.func.sched.compute[1] is fp.func]
+  return [p for p in order if p.level == "at" and p.home[1] is fp.func]
 
 
 def _consumer_footprint(c: FuncPlan, f: Any, regions) -> list | None:
@@ -604,10 +613,11 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
           f"{what}: Func {g.name} has no loop var {var!r} (Func {f.name} scheduled there); "
           f"its loops are {loops}"
         )
-      if fplans[id(g)].level != "root":
+      if fplans[id(g)].level != "root" and what == "store_at":
         raise NotImplementedError(
-          f"{what}: Func {f.name} at Func {g.name}, which is itself compute_at: nested "
-          "compute_at is not supported; compute Func {g.name} at root"
+          f"store_at: Func {f.name} at Func {g.name}, which is itself compute_at: a sliding "
+          f"window inside a nested compute_at is not supported; drop the store_at (Func "
+          f"{f.name} is then computed per tile of Func {g.name}'s consumer)"
         )
       if g.updates:
         raise NotImplementedError(
@@ -651,7 +661,7 @@ def _dim_loops(stage_sched, f: ir.Func) -> dict[str, tuple[str, str | None, int]
 def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
   c = fp.func
   kids = consumers_of_at(fp, order)
-  cvars = {k.func.sched.compute[2] for k in kids}
+  cvars = {k.home[2] for k in kids}
   if len(cvars) != 1:
     raise NotImplementedError(
       f"producers of Func {c.name} are computed at different loops {sorted(cvars)}; use one "
