@@ -662,11 +662,16 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
   c = fp.func
   kids = consumers_of_at(fp, order)
   cvars = {k.home[2] for k in kids}
-  if len(cvars) != 1:
-    raise NotImplementedError(
-      f"producers of Func {c.name} are computed at different loops {sorted(cvars)}; use one "
-      "compute_at var per consumer"
-    )
+  loops = c.definitions[0].schedule.loops
+  if len(cvars) > 1:
+    if any(k.func.sched.store for k in kids) or not cvars <= set(loops):
+      raise NotImplementedError(
+        f"producers of Func {c.name} are computed at different loops {sorted(cvars)} and "
+        "some are stored elsewhere (store_at): use one compute_at var per consumer"
+      )
+    # Producers computed at different loops of one consumer all run at the outermost of
+    # those loops (one level of tile loops): a coarser tile, the same values.
+    cvars = {min(cvars, key=loops.index)}  # loops are outermost first
   vc = cvars.pop()
   svars = {
     k.func.sched.store[2]

@@ -40,6 +40,11 @@ SCHEDULES = {
     a.compute_at(out, v["xo"]),
     b.compute_at(out, v["xo"]),
   ),
+  "tiles_mixed_levels": lambda a, b, out, y, x, v: (  # run at the outer loop, yo
+    out.tile(x, y, v["xo"], v["yo"], v["xi"], v["yi"], 4, 3),
+    a.compute_at(out, v["yo"]),
+    b.compute_at(out, v["xo"]),
+  ),
   "rows": lambda a, b, out, y, x, v: (
     out.split(y, v["yo"], v["yi"], 5),
     a.compute_at(out, v["yo"]).vectorize(x),
