@@ -298,6 +298,23 @@ def _masked_update(f: ir.Func, d: Any) -> ir.Expr:
   return ir.select(pred, v, ir.Call(f, d.args))
 
 
+def _is_scatter_update(f: ir.Func, d: Any) -> bool:
+  """``f[L] = f[L] op e`` with op in + * max min and ``e`` not reading ``f``: order-independent,
+  so it can run per tile (writes outside the tile's window are dropped)."""
+  v = d.value
+  if not (isinstance(v, ir.BinOp) and v.op in ("add", "mul", "max", "min")):
+    return False
+  for mine, other in ((v.a, v.b), (v.b, v.a)):
+    if (
+      isinstance(mine, ir.Call)
+      and mine.target is f
+      and not any(isinstance(n, ir.Call) and n.target is f for n in ir.walk(other))
+      and all(_same_expr(x, y) for x, y in zip(mine.args, d.args, strict=True))
+    ):
+      return True
+  return False
+
+
 def _same_expr(a: ir.Expr, b: ir.Expr) -> bool:
   return a is b or repr(a) == repr(b)
 
@@ -624,9 +641,15 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
           f"{what}: Func {g.name} has update definitions; compute Func {f.name} at root"
         )
     if comp[0] == "at":
-      if f.updates or f.extern is not None:
+      if f.extern is not None:
+        raise NotImplementedError(f"compute_at: Func {f.name} is extern; compute it at root")
+      bad = [k for k, d in enumerate(f.updates, start=1) if not _is_scatter_update(f, d)]
+      if bad or (f.updates and f.sched.store):
         raise NotImplementedError(
-          f"compute_at: Func {f.name} has update definitions (or is extern); compute it at root"
+          f"compute_at: Func {f.name} has update definitions {bad or ''} that are not "
+          "commutative scatters (f[idx] op= e, op + * max min, e not reading f)"
+          + (" or is stored elsewhere (store_at)" if f.sched.store else "")
+          + "; compute it at root"
         )
       others = [
         c.func.name
