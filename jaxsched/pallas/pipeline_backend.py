@@ -1311,18 +1311,8 @@ class _UpdateKernel:
 
 def _self_update(f: ir.Func, st: L.Stage) -> tuple[str, ir.Expr] | None:
   """``f[L] = f[L] op e`` (op commutative, e free of f) -> (op, e)."""
-  v = st.value
-  if not (isinstance(v, ir.BinOp) and v.op in _SCATTER_OPS):
-    return None
-  for mine, other in ((v.a, v.b), (v.b, v.a)):
-    if (
-      isinstance(mine, ir.Call)
-      and mine.target is f
-      and not _xla._refs(other, f)
-      and all(_xla._same(x, y) for x, y in zip(mine.args, st.args, strict=True))
-    ):
-      return v.op, other
-  return None
+  su = B.self_update(f, st.args, st.value)
+  return None if su is None or su[0] not in _SCATTER_OPS else (su[0], su[1])
 
 
 ONEHOT_BINS = 64  # values of the data-dependent dim of an N-D scatter done as a one-hot sum
@@ -1471,7 +1461,7 @@ def _plan_update(fp: L.FuncPlan, kind: str, bounds) -> _UpdateKernel:
     rext = (ranges[0][1], ranges[1][1])
     su = _self_update(f, st)
     scan = _xla._prefix_scan(f, st)
-    if su is not None and not _xla._refs(st.args[0], f):
+    if su is not None and not B.refs(st.args[0], f):
       ukind, (op, value), index = "scatter", su, st.args[0]
     elif scan is not None and len(rv) == 1:
       ukind, op, value, index = "scan", "add", scan[1], None

@@ -368,3 +368,50 @@ def phase(e: ir.Expr, var: ir.Var, k: int, p: int) -> ir.Expr:
     return None
 
   return fold(substitute(e, fn))
+
+
+def same(a: ir.Expr, b: ir.Expr) -> bool:
+  """Structural equality of two expressions."""
+  if a is b:
+    return True
+  if type(a) is not type(b):
+    return False
+  if isinstance(a, ir.Const):
+    return a.value == b.value and a.dtype == b.dtype
+  if isinstance(a, ir.Var):
+    return a.name == b.name
+  if isinstance(a, ir.RVar):
+    return a.rdom is b.rdom and a.index == b.index
+  if isinstance(a, ir.Param):
+    return a is b
+  if isinstance(a, ir.Call) and a.target is not b.target:
+    return False
+  if getattr(a, "op", None) != getattr(b, "op", None):
+    return False
+  if isinstance(a, ir.Cast) and a.to != b.to:
+    return False
+  ka, kb = ir.children(a), ir.children(b)
+  return len(ka) == len(kb) and all(same(x, y) for x, y in zip(ka, kb, strict=True))
+
+
+def refs(e: ir.Expr, target: Any) -> bool:
+  """Whether ``e`` calls ``target``."""
+  return any(isinstance(n, ir.Call) and n.target is target for n in ir.walk(e))
+
+
+def self_update(
+  f: Any, args: tuple[ir.Expr, ...], value: ir.Expr
+) -> tuple[str, ir.Expr, ir.Call] | None:
+  """``f[args] = f[args] op e`` with op in + * max min and ``e`` not reading ``f`` (a
+  commutative, order-independent update: a scatter) -> (op, e, the ``f[args]`` call)."""
+  if not (isinstance(value, ir.BinOp) and value.op in ("add", "mul", "max", "min")):
+    return None
+  for mine, other in ((value.a, value.b), (value.b, value.a)):
+    if (
+      isinstance(mine, ir.Call)
+      and mine.target is f
+      and not refs(other, f)
+      and all(same(x, y) for x, y in zip(mine.args, args, strict=True))
+    ):
+      return value.op, other, mine
+  return None

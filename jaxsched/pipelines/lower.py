@@ -282,41 +282,14 @@ def _masked_update(f: ir.Func, d: Any) -> ir.Expr:
   adds the op's identity at excluded points (so it stays a scatter); any other update keeps
   ``f[L]``'s current value there (Halide: excluded points are not visited)."""
   pred = _where(d.rdom)
-  v = d.value
   if pred is None:
-    return v
-  ops = {"add": "add", "mul": "mul", "max": "max", "min": "min"}
-  if isinstance(v, ir.BinOp) and v.op in ops:
-    for mine, other in ((v.a, v.b), (v.b, v.a)):
-      if (
-        isinstance(mine, ir.Call)
-        and mine.target is f
-        and all(_same_expr(x, y) for x, y in zip(mine.args, d.args, strict=True))
-      ):
-        masked = ir.select(pred, other, _identity(v.op, other.dtype))
-        return ir.BinOp(v.op, mine, masked) if mine is v.a else ir.BinOp(v.op, masked, mine)
-  return ir.select(pred, v, ir.Call(f, d.args))
-
-
-def _is_scatter_update(f: ir.Func, d: Any) -> bool:
-  """``f[L] = f[L] op e`` with op in + * max min and ``e`` not reading ``f``: order-independent,
-  so it can run per tile (writes outside the tile's window are dropped)."""
-  v = d.value
-  if not (isinstance(v, ir.BinOp) and v.op in ("add", "mul", "max", "min")):
-    return False
-  for mine, other in ((v.a, v.b), (v.b, v.a)):
-    if (
-      isinstance(mine, ir.Call)
-      and mine.target is f
-      and not any(isinstance(n, ir.Call) and n.target is f for n in ir.walk(other))
-      and all(_same_expr(x, y) for x, y in zip(mine.args, d.args, strict=True))
-    ):
-      return True
-  return False
-
-
-def _same_expr(a: ir.Expr, b: ir.Expr) -> bool:
-  return a is b or repr(a) == repr(b)
+    return d.value
+  su = B.self_update(f, d.args, d.value)
+  if su is None:
+    return ir.select(pred, d.value, ir.Call(f, d.args))
+  op, other, mine = su
+  masked = ir.select(pred, other, _identity(op, other.dtype))
+  return ir.BinOp(op, mine, masked) if mine is d.value.a else ir.BinOp(op, masked, mine)
 
 
 def _resolve(e: ir.Expr, shapes: dict[int, tuple[int, ...]]) -> ir.Expr:
@@ -643,7 +616,8 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
     if comp[0] == "at":
       if f.extern is not None:
         raise NotImplementedError(f"compute_at: Func {f.name} is extern; compute it at root")
-      bad = [k for k, d in enumerate(f.updates, start=1) if not _is_scatter_update(f, d)]
+      scatters = [B.self_update(f, d.args, d.value) for d in f.updates]
+      bad = [k for k, su in enumerate(scatters, start=1) if su is None]
       if bad or (f.updates and f.sched.store):
         raise NotImplementedError(
           f"compute_at: Func {f.name} has update definitions {bad or ''} that are not "

@@ -29,34 +29,6 @@ from jaxsched.pipelines import lower as L
 Buf = tuple[jax.Array, list[Any]]  # (array, per-dim mins: int or traced int32)
 
 
-def _same(a: ir.Expr, b: ir.Expr) -> bool:
-  """Structural equality of two expressions."""
-  if a is b:
-    return True
-  if type(a) is not type(b):
-    return False
-  if isinstance(a, ir.Const):
-    return a.value == b.value and a.dtype == b.dtype
-  if isinstance(a, ir.Var):
-    return a.name == b.name
-  if isinstance(a, ir.RVar):
-    return a.rdom is b.rdom and a.index == b.index
-  if isinstance(a, ir.Param):
-    return a is b
-  if isinstance(a, ir.Call) and a.target is not b.target:
-    return False
-  if getattr(a, "op", None) != getattr(b, "op", None):
-    return False
-  if isinstance(a, ir.Cast) and a.to != b.to:
-    return False
-  ka, kb = ir.children(a), ir.children(b)
-  return len(ka) == len(kb) and all(_same(x, y) for x, y in zip(ka, kb, strict=True))
-
-
-def _refs(e: ir.Expr, target: Any) -> bool:
-  return any(isinstance(n, ir.Call) and n.target is target for n in ir.walk(e))
-
-
 def _is_static(v: Any) -> bool:
   return isinstance(v, int | np.integer)
 
@@ -763,21 +735,15 @@ def _eval_update(fp: L.FuncPlan, st: L.Stage, arr, mins, bufs, params):
     return arr.at[tuple(jnp.broadcast_to(i, shape) for i in idx)].set(jnp.broadcast_to(v, shape))
 
   # Commutative self-update f[L] = f[L] op e: a scatter (order-independent).
-  if isinstance(val, ir.BinOp) and val.op in ("add", "mul", "max", "min"):
-    for mine, other in ((val.a, val.b), (val.b, val.a)):
-      if (
-        isinstance(mine, ir.Call)
-        and mine.target is f
-        and not _refs(other, f)
-        and all(_same(x, y) for x, y in zip(mine.args, st.args, strict=True))
-      ):
-        return _scatter(ctx_for(arr), st, other, arr, mins, val.op, f.dtype)
+  su = B.self_update(f, st.args, val)
+  if su is not None:
+    return _scatter(ctx_for(arr), st, su[1], arr, mins, su[0], f.dtype)
 
   scan = _prefix_scan(f, st)
   if scan is not None:
     return _run_scan(ctx_for, st, scan, arr, mins, f.dtype)
 
-  if not _refs(val, f) and _injective(st):
+  if not B.refs(val, f) and _injective(st):
     return _scatter(ctx_for(arr), st, val, arr, mins, "set", f.dtype)
 
   # General case: serial over the RDom in Halide order (r[0] innermost).
@@ -881,10 +847,10 @@ def _prefix_scan(f: ir.Func, st: L.Stage) -> tuple[int, ir.Expr] | None:
   if not (isinstance(v, ir.BinOp) and v.op == "add"):
     return None
   for mine, other in ((v.a, v.b), (v.b, v.a)):
-    if not (isinstance(mine, ir.Call) and mine.target is f) or _refs(other, f):
+    if not (isinstance(mine, ir.Call) and mine.target is f) or B.refs(other, f):
       continue
     ok = all(
-      (B.linear(x) == ({rk: 1}, -1)) if i == q else _same(x, y)
+      (B.linear(x) == ({rk: 1}, -1)) if i == q else B.same(x, y)
       for i, (x, y) in enumerate(zip(mine.args, st.args, strict=True))
     )
     if ok:

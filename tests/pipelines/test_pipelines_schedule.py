@@ -236,26 +236,33 @@ def _chain_ref(v):
   return b(yy, xx) - b(yy, xx + 2) * 0.25
 
 
+def _tile(out, x, y, backend):
+  """Tiles ``out`` (4x3 on XLA, 8x128 Pallas blocks); returns (xo, yo)."""
+  xo, yo, xi, yi = (pl.Var(n) for n in ("xo", "yo", "xi", "yi"))
+  tx, ty = (4, 3) if backend == "xla" else (128, 8)
+  out.tile(x, y, xo, yo, xi, yi, tx, ty)
+  return xo, yo
+
+
+def _run(out, backend, data):
+  """``out`` on "xla" or "pallas-gpu" / "pallas-tpu" (interpret mode)."""
+  import jaxsched.pallas  # noqa: F401  (registers the pallas backend)
+
+  if backend == "xla":
+    return np.asarray(pl.Pipeline(out).compile()(data))
+  return np.asarray(pl.Pipeline(out).compile("pallas", target=backend[7:], interpret=True)(data))
+
+
 @pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
 def test_nested_compute_at_is_computed_per_outer_tile(backend):
   """``a.compute_at(b, y)`` with ``b.compute_at(out, xo)``: a nested compute_at is computed at
   its outermost consumer's tile (one level of tile loops); results equal numpy."""
-  import jaxsched.pallas  # noqa: F401  (registers the pallas backend)
-
   img, a, b, out, y, x = _chain()
-  xo, yo, xi, yi = (pl.Var(n) for n in ("xo", "yo", "xi", "yi"))
-  if backend == "xla":
-    out.tile(x, y, xo, yo, xi, yi, 4, 3)
-  else:
-    out.tile(x, y, xo, yo, xi, yi, 128, 8)
+  xo, _ = _tile(out, x, y, backend)
   b.compute_at(out, xo)
   a.compute_at(b, y)
   data = np.random.default_rng(8).random((11, 9), dtype=np.float32)
-  if backend == "xla":
-    got = pl.Pipeline(out).compile()(data)
-  else:
-    got = pl.Pipeline(out).compile("pallas", target=backend[7:], interpret=True)(data)
-  np.testing.assert_allclose(np.asarray(got), _chain_ref(data), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(_run(out, backend, data), _chain_ref(data), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
@@ -263,8 +270,6 @@ def test_compute_at_a_func_with_scatter_updates(backend):
   """A histogram (pure init + scatter update) computed per tile of its consumer: every tile
   recomputes the same whole-image histogram, so results equal numpy's. A non-scatter update
   still cannot be computed at a tile, with a message saying which."""
-  import jaxsched.pallas  # noqa: F401  (registers the pallas backend)
-
   img = pl.ImageParam(jnp.float32, 2, name="img")
   y, x, i = pl.Var("y"), pl.Var("x"), pl.Var("i")
   r = pl.RDom((0, img.extent(1)), (0, img.extent(0)), name="r")
@@ -274,27 +279,20 @@ def test_compute_at_a_func_with_scatter_updates(backend):
   out[y, x] = img[y, x] * pl.cast(
     jnp.float32, h[pl.clamp(pl.cast(jnp.int32, img[y, x] * 8.0), 0, 7)]
   )
-  xo, yo, xi, yi = (pl.Var(n) for n in ("xo", "yo", "xi", "yi"))
-  if backend == "xla":
-    out.tile(x, y, xo, yo, xi, yi, 4, 3)
-  else:
-    out.tile(x, y, xo, yo, xi, yi, 128, 8)
+  xo, yo = _tile(out, x, y, backend)
   h.compute_at(out, xo)
   data = np.random.default_rng(9).random((11, 9), dtype=np.float32)
-  if backend == "xla":
-    got = pl.Pipeline(out).compile()(data)
-  else:
-    got = pl.Pipeline(out).compile("pallas", target=backend[7:], interpret=True)(data)
   bins = np.clip((data * np.float32(8.0)).astype(np.int64), 0, 7)
   hist = np.bincount(bins.ravel(), minlength=8)
-  np.testing.assert_allclose(np.asarray(got), data * hist[bins], rtol=1e-6)
+  np.testing.assert_allclose(_run(out, backend, data), data * hist[bins], rtol=1e-6)
 
   g, out2 = pl.Func("g"), pl.Func("out2")
   g[i] = pl.cast(jnp.float32, i)
   q = pl.RDom((1, 7), name="q")
   g[q.x] = g[q.x - 1] * 2.0  # order-dependent: not a scatter
   out2[y, x] = img[y, x] + g[pl.clamp(pl.cast(jnp.int32, img[y, x] * 8.0), 0, 7)]
-  out2.split(y, yo, yi, 4)
-  g.compute_at(out2, yo)
+  yo2, yi2 = pl.Var("yo2"), pl.Var("yi2")
+  out2.split(y, yo2, yi2, 4)
+  g.compute_at(out2, yo2)
   with pytest.raises(NotImplementedError, match=r"Func g has update definitions \[1\] that are"):
     pl.Pipeline(out2).compile()(data)
