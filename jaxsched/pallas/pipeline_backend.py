@@ -285,9 +285,9 @@ def _eval_index(e: ir.Expr, vals: dict) -> Any:
     return vals[("v", e.name)]
   if isinstance(e, ir.BinOp):
     a, b = _eval_index(e.a, vals), _eval_index(e.b, vals)
-    return B._NP_OPS[e.op](a, b) if e.op in B._NP_OPS else ir.BINARY_OPS[e.op](a, b)
+    return B.NP_OPS[e.op](a, b) if e.op in B.NP_OPS else ir.BINARY_OPS[e.op](a, b)
   if isinstance(e, ir.UnOp):
-    return B._NP_OPS[e.op](_eval_index(e.a, vals))
+    return B.NP_OPS[e.op](_eval_index(e.a, vals))
   if isinstance(e, ir.Select):
     return np.where(_eval_index(e.cond, vals), _eval_index(e.t, vals), _eval_index(e.f, vals))
   if isinstance(e, ir.Cast):
@@ -371,7 +371,7 @@ def _classify_call(
   names: list[str],
   children: dict[int, Any],
   bounds: dict[int, list[tuple[int, int]]],
-  derived: dict | None = None,
+  derived: dict,
 ) -> _Read:
   """How a kernel reads ``c``; raises _Unsupported for anything but a stencil (possibly of a
   resampled root buffer, see _Derived)."""
@@ -379,7 +379,7 @@ def _classify_call(
   tn = t.name
   # Resampling reads (pyramids' 2 * x + c, upsampling x // 2, ...) of a root buffer: a stencil
   # read of a _Derived copy XLA prepares before the kernel.
-  if derived is not None and id(t) in bounds and id(t) not in children:
+  if id(t) in bounds and id(t) not in children:
     dd = [j for j, a in enumerate(c.args) if _data_dependent(a)]
     if len(c.args) > 1 and len(dd) == 1:
       return _classify_select(c, dd[0], names, bounds, derived)
@@ -521,7 +521,7 @@ def _classify_select(c: ir.Call, j: int, names: list[str], bounds, derived: dict
     raise _Unsupported(f"read {_short(c)}: the other indices are not stencils or resamplings")
   base = math.prod(b - a + 1 for a, b in bounds[id(t)])
   copies = {id(p.target): p.target for p in planes if isinstance(p.target, _Derived)}
-  grown = sum(_derived_size(q, bounds, names) for q in copies.values())
+  grown = sum(_derived_size(q, bounds) for q in copies.values())
   if grown > SELECT_GROWTH * base:
     raise _Unsupported(
       f"read {_short(c)}: selecting among {n} values of dim {j} would read {len(copies)} "
@@ -530,21 +530,19 @@ def _classify_select(c: ir.Call, j: int, names: list[str], bounds, derived: dict
   return _Read("select", t, expr=c.args[j], index=lo, planes=tuple(planes))
 
 
-def _derived_size(q: _Derived, bounds, names) -> int:
-  """Elements of a _Derived copy per unit of consumer extent along its mapped dims (repeat
-  maps grow it by their factor, stride maps shrink it)."""
+def _derived_size(q: _Derived, bounds) -> int:
+  """Elements of a _Derived copy over its base's region: a repeat map multiplies that dim by
+  its factor, a stride map divides it, a constant index drops it."""
   size = 1
-  for j, m in enumerate(q.maps):
-    lo, hi = bounds[id(q.base)][j]
+  for m, (lo, hi) in zip(q.maps, bounds[id(q.base)], strict=True):
     n = hi - lo + 1
-    if m is None:
-      size *= n
-    elif m[0] == "rep":
-      size *= n * m[1]
-    elif m[0] == "stride":
-      size *= -(-n // m[1])
-    elif m[0] == "expr":
-      size *= n
+    if m is not None and m[0] == "rep":
+      n *= m[1]
+    elif m is not None and m[0] == "stride":
+      n = -(-n // m[1])
+    elif m is not None and m[0] == "const":
+      n = 1
+    size *= n
   return size
 
 

@@ -204,7 +204,7 @@ def substitute(e: ir.Expr, fn: Callable[[ir.Expr], ir.Expr | None]) -> ir.Expr:
   return go(e)
 
 
-_NP_OPS = {
+NP_OPS = {
   "eq": np.equal,
   "ne": np.not_equal,
   "lt": np.less,
@@ -240,12 +240,12 @@ def fold(e: ir.Expr) -> ir.Expr:
     if (
       isinstance(out, ir.BinOp | ir.UnOp)
       and out.dtype.kind in "iub"
-      and out.op in _NP_OPS
+      and out.op in NP_OPS
       and all(isinstance(k, ir.Const) and k.dtype.kind in "iub" for k in new)
     ):
       args = [np.asarray(k.value, k.dtype) for k in new]
       with np.errstate(all="ignore"):
-        v = np.asarray(_NP_OPS[out.op](*args)).astype(out.dtype)
+        v = np.asarray(NP_OPS[out.op](*args)).astype(out.dtype)
       out = ir.Const(bool(v) if out.dtype == np.bool_ else int(v), out.dtype, weak=out.weak)
     elif isinstance(out, ir.Select) and isinstance(new[0], ir.Const):
       # A decided select is its branch (cast to the select's promoted dtype).

@@ -820,21 +820,3 @@ def test_carried_sliding_window_compiles_deviceless(ty, tx):
   assert "carried VMEM window" in str(pb.describe(g.pipeline, (64, 256), target="tpu"))
   text = targets.compile_for(lambda a: fn(a), spec, target="tpu-v5e").as_text()
   assert "tpu_custom_call" in text
-
-
-@pytest.mark.parametrize("kind", ["gpu", "tpu"])
-def test_rdom_where_scatter_is_still_a_kernel_equal_numpy(kind):
-  """``r.where(img >= 128)`` on a histogram: the masked update stays a scatter-add kernel."""
-  img = ir.ImageParam(jnp.uint8, 2, name="img")
-  i = ir.Var("i")
-  r = ir.RDom((0, img.extent(1)), (0, img.extent(0)), name="r")
-  r.where(img[r.y, r.x] >= 128)
-  hist = ir.Func("hist")
-  hist[i] = 0
-  hist[ir.cast(jnp.int32, img[r.y, r.x]) // 16] += 1
-  a = np.random.default_rng(6).integers(0, 256, (13, 17), dtype=np.uint8)
-  p = Pipeline(hist)
-  rep = pb.describe(p, (16,), input_shapes=[a.shape], target=kind)
-  assert rep.funcs[0].how == "pallas" and "scatter-add" in rep.funcs[0].detail, str(rep)
-  got = np.asarray(p.compile("pallas", target=kind, interpret=True)(a, output_shape=(16,)))
-  np.testing.assert_array_equal(got, np.bincount(a[a >= 128].astype(np.int64) // 16, minlength=16))

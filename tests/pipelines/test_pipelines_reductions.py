@@ -161,17 +161,25 @@ def test_rdom_where_restricts_updates():
   """A histogram of the bright pixels only (a scatter that stays a scatter) and an
   order-dependent recurrence over the even points only (serial): excluded points leave the
   Func unchanged."""
+  import jaxsched.pallas  # noqa: F401  (registers the pallas backend)
+  from jaxsched.pallas import pipeline_backend as pb
+
   img = pl.ImageParam(jnp.uint8, 2, name="img")
   i = pl.Var("i")
-  r = pl.RDom((0, img.extent(0)), (0, img.extent(1)), name="r")
-  r.where(img[r.x, r.y] >= 128)
+  r = pl.RDom((0, img.extent(1)), (0, img.extent(0)), name="r")
+  r.where(img[r.y, r.x] >= 128)
   hist = pl.Func("hist")
   hist[i] = 0
-  hist[pl.cast(jnp.int32, img[r.x, r.y]) // 16] += 1
+  hist[pl.cast(jnp.int32, img[r.y, r.x]) // 16] += 1
   a = np.random.default_rng(6).integers(0, 256, (13, 17), dtype=np.uint8)
-  got = pl.Pipeline(hist).compile()(a, output_shape=(16,))
   want = np.bincount(a[a >= 128].astype(np.int64) // 16, minlength=16)
-  np.testing.assert_array_equal(got, want)
+  p = pl.Pipeline(hist)
+  np.testing.assert_array_equal(p.compile()(a, output_shape=(16,)), want)
+  for kind in ("gpu", "tpu"):  # the masked update stays a scatter-add kernel on Pallas
+    rep = pb.describe(p, (16,), input_shapes=[a.shape], target=kind)
+    assert rep.funcs[0].how == "pallas" and "scatter-add" in rep.funcs[0].detail, str(rep)
+    got = p.compile("pallas", target=kind, interpret=True)(a, output_shape=(16,))
+    np.testing.assert_array_equal(np.asarray(got), want)
 
   q = pl.RDom((1, 9), name="q")
   q.where(q.x % 2 == 0)
