@@ -60,6 +60,10 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   RDom points, <= 64 values along ``z``) is rewritten as a pure definition, ``init + sum_r
   select(z(r) == z, v(r), 0)``, and becomes an ordinary kernel: each output block sums its own
   RDom points (no scatter, no atomics); its strided reads are resampled copies.
+* A data-dependent read of a buffer upsampled along the consumer's last two dims (the bilateral
+  grid's slice ``blury[y // 8 + dy, x // 8 + dx, z(data), c]``), whose plane copies would be
+  too large, reads the coarse buffer itself (see ``_Coarse``): a pointer gather on GPU (Triton
+  loads take index tensors), one-hot upsampling matmuls per plane and a select on TPU.
 
 **What runs as XLA ops between the kernels** (never silently: tracing issues an
 :class:`XlaFallbackWarning` naming them, :func:`describe` lists every Func with the reason, and
@@ -237,6 +241,9 @@ class _Read:
   # "select": one "buf" read per value of a small dim read by a data-dependent ``expr``
   # (planes[j] is the value ``index + j``), selected in-kernel by compare-and-select.
   planes: tuple = ()
+  # "select" of _Coarse planes: the read itself, a pointer gather on GPU (Triton loads take
+  # index tensors; the planes' one-hot matmuls are for Mosaic, which has no vector gather).
+  call: ir.Call | None = None
 
 
 class _Derived:
@@ -275,6 +282,38 @@ class _Derived:
     if clamp is not None:
       idx = np.clip(idx, clamp[0], clamp[1])
     return idx
+
+
+class _Coarse:
+  """A root buffer read at ``(v + c) // s + c'`` along the consumer's last two dims and at
+  constants elsewhere, upsampled inside the kernel instead of by a full-resolution copy.
+
+  The kernel loads the coarse window its block needs and upsamples it with two one-hot matmuls
+  (``U_y @ P @ U_x^T``, f32 at full precision: exact). Used for the planes of a data-dependent
+  select (the bilateral grid's trilinear slice ``blury[y // 8 + dy, x // 8 + dx, z(data), c]``)
+  whose resampled copies would total many times the buffer (``SELECT_GROWTH``). ``maps`` has
+  one entry per base dim: ``("rep", s, clamp)`` or ``("const", v)``.
+  """
+
+  def __init__(self, base: Any, maps: tuple):
+    self.base, self.maps = base, maps
+    self.dtype = base.dtype
+    self.keep = tuple(j for j, m in enumerate(maps) if m[0] != "const")
+    self.factors = tuple(maps[j][1] for j in self.keep)
+    tags = [f"/{m[1]}" if m[0] == "rep" else str(m[1]) for m in maps]
+    self.name = f"{base.name}[{','.join(tags)}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class _CoarseWin:
+  """Where a kernel's coarse window of a _Coarse buffer lies, per kept dim (the consumer's last
+  two dims): the upsampling factor, the smallest fine shift read, the prepared buffer's first
+  coarse index, and the static window length."""
+
+  factors: tuple[int, ...]
+  cmin: tuple[int, ...]
+  first: tuple[int, ...]
+  length: tuple[int, ...]
 
 
 def _eval_index(e: ir.Expr, vals: dict) -> Any:
@@ -523,11 +562,48 @@ def _classify_select(c: ir.Call, j: int, names: list[str], bounds, derived: dict
   copies = {id(p.target): p.target for p in planes if isinstance(p.target, _Derived)}
   grown = sum(_derived_size(q, bounds) for q in copies.values())
   if grown > SELECT_GROWTH * base:
-    raise _Unsupported(
+    # Too many full-resolution copies: upsampled planes are upsampled in-kernel instead.
+    why = (
       f"read {_short(c)}: selecting among {n} values of dim {j} would read {len(copies)} "
       f"resampled copies of {t.name} ({grown} elements, > {SELECT_GROWTH}x its {base})"
     )
+    try:
+      planes = [
+        _classify_coarse(
+          ir.Call(t, [*c.args[:j], ir.Const(z, np.int32), *c.args[j + 1 :]]), names, bounds, derived
+        )
+        for z in range(lo, hi + 1)
+      ]
+    except _Unsupported as e:
+      raise _Unsupported(f"{why}; upsampling them in-kernel: {e}") from None
+    return _Read("select", t, expr=c.args[j], index=lo, planes=tuple(planes), call=c)
   return _Read("select", t, expr=c.args[j], index=lo, planes=tuple(planes))
+
+
+def _classify_coarse(c: ir.Call, names: list[str], bounds, derived: dict) -> _Read:
+  """A read of root buffer ``c.target`` at ``(v + c) // s + c'`` along the consumer's last two
+  dims and constants elsewhere, as a _Coarse read (upsampled in-kernel)."""
+  t = c.target
+  nd = len(names)
+  if t.dtype.kind != "f":
+    raise _Unsupported(f"{t.name} is {t.dtype} (one-hot matmuls upsample float buffers only)")
+  maps, dims, shift = [], [], [0] * nd
+  for j, a in enumerate(c.args):
+    r = _resample(a, t, j, bounds, {})
+    if r is not None and r[0] is None:
+      maps.append(r[1])  # a constant index: the dim is dropped
+      continue
+    if r is None or r[1][0] != "rep" or r[0] not in names:
+      raise _Unsupported(f"index {_short(a)} of {_short(c)} is not (var + c) // s + c'")
+    maps.append(r[1])
+    dims.append(names.index(r[0]))
+    shift[dims[-1]] = int(r[2])
+  if nd < 2 or dims != [nd - 2, nd - 1]:
+    raise _Unsupported(f"{_short(c)} is not upsampled along the consumer's last two dims")
+  key = ("coarse", id(t), tuple(maps))
+  if key not in derived:
+    derived[key] = _Coarse(t, tuple(maps))
+  return _Read("coarse", derived[key], tuple(shift))
 
 
 def _derived_size(q: _Derived, bounds) -> int:
@@ -732,6 +808,15 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
           luts[id(n.target)] = bounds[id(n.target)][0]
     reads[id(v)] = rd
     values.append(v)
+  coarse = [
+    p.target.name
+    for rd in reads.values()
+    for r in rd.values()
+    for p in r.planes
+    if p.kind == "coarse"
+  ]
+  if coarse and any(_coarse_in(reads[id(v)]) for v in values[:-1]):
+    raise _Unsupported("a compute_at producer upsamples in-kernel (only the root Func may)")
   tile, block, grid, default = _schedule_blocks(fp, kind, dtypes)
   k = _Kernel(
     fp,
@@ -746,6 +831,10 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   )
   _plan_slide(k, kind)
   return k
+
+
+def _coarse_in(rd: dict[int, _Read]) -> bool:
+  return any(p.kind == "coarse" for r in rd.values() for p in r.planes)
 
 
 def _plan_slide(k: _Kernel, kind: str) -> None:
@@ -836,6 +925,10 @@ class _Layout:
   bcast: dict[int, tuple[int, ...]]  # lower-rank buffers: the consumer dim of each of their dims
   domain: tuple[int, ...]  # evaluation shape (GPU: the block; TPU: the aligned window)
   win: tuple[int, ...] = ()  # TPU input window shape (domain, + the input halo when sliding)
+  coarse: dict[int, _CoarseWin] = dataclasses.field(default_factory=dict)
+  gathers: dict[int, Any] = dataclasses.field(default_factory=dict)  # GPU: id -> buffer
+  # GPU gathers, filled when the operands are prepared: id -> the operand's (mins, shape)
+  gather_box: dict[int, tuple] = dataclasses.field(default_factory=dict)
 
 
 def _layout(k: _Kernel, kind: str) -> _Layout:
@@ -845,6 +938,8 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
   child_req: dict[int, list[tuple[int, ...]]] = {}
   scalars: dict[int, Any] = {}
   bcast: dict[int, tuple[int, ...]] = {}
+  coarse: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # fine shift range per _Coarse buffer
+  gathers: dict[int, Any] = {}  # GPU: buffers read by pointer gathers
   kid_val = {id(kp.func): v for kp, v in k.children}
   done: set = set()
 
@@ -862,9 +957,16 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
       if r.kind in ("scalar", "lut"):
         scalars[id(r.target)] = r.target
         continue
+      if r.call is not None and kind == "gpu":
+        gathers[id(r.target)] = r.target
+        continue
       for pr in r.planes:  # "select": every plane is read at this point
         t = tuple(a + b for a, b in zip(s, pr.shift, strict=True))
         key = id(pr.target)
+        if pr.kind == "coarse":
+          lo0, hi0 = coarse.get(key, (t, t))
+          coarse[key] = (np.minimum(lo0, t), np.maximum(hi0, t))
+          continue
         if pr.axes:
           bcast[key] = pr.axes
         buf_lo[key] = np.minimum(buf_lo.get(key, t), t)
@@ -917,8 +1019,39 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
       d = k.slide[1]
       align = 128 if d == nd - 1 else sub
       win[d] = domain[d] + _round_up(int(span[d]), align)
-    return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, tuple(win))
-  return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, domain)
+    wins = _coarse_wins(k, kind, coarse, domain)
+    return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, tuple(win), wins)
+  return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, domain, gathers=gathers)
+
+
+def _coarse_wins(k: _Kernel, kind: str, coarse: dict, domain: tuple[int, ...]) -> dict:
+  """The coarse window of each _Coarse buffer: fine positions ``[b0, b0 + n)`` read at shifts
+  ``[cmin, cmax]`` need coarse rows ``(b0 + cmin) // s`` to ``(b0 + cmax + n - 1) // s``: at
+  most ``(s - 1 + cmax - cmin + n - 1) // s + 1`` of them, whatever ``b0``. Lengths are powers
+  of two of at least 16 on GPU (Triton's loads and dots), (8, 128)-aligned on TPU."""
+  nd = k.fp.func.ndim
+  region = k.fp.region
+  out = {}
+  for key, (lo, hi) in coarse.items():
+    factors = next(
+      r.target.factors
+      for rd in k.reads.values()
+      for c in rd.values()
+      for r in c.planes
+      if id(r.target) == key
+    )
+    cmin, first, length = [], [], []
+    for i, d in enumerate((nd - 2, nd - 1)):
+      s, n = factors[i], domain[d]
+      need = (s - 1 + int(hi[d] - lo[d]) + n - 1) // s + 1
+      if kind == "gpu":
+        length.append(max(16, _pow2(need)))
+      else:
+        length.append(_round_up(need, 128 if i == 1 else 8))
+      cmin.append(int(lo[d]))
+      first.append((region[d][0] + cmin[-1]) // s)
+    out[key] = _CoarseWin(factors, tuple(cmin), tuple(first), tuple(length))
+  return out
 
 
 def _targets_of(k: _Kernel) -> list[Any]:
@@ -1024,12 +1157,15 @@ class _Eval:
       return self._scalar(r.target, r.index, r.target.dtype)
     if r.kind == "lut":
       return self._lut(r, s)
+    if r.kind == "select" and r.call is not None and self.kind == "gpu":
+      return self._gather(r, s)
     if r.kind == "select":
       idx = jnp.asarray(self.ev(r.expr, s)).astype(jnp.int32)
       idx = jnp.clip(idx, r.index, r.index + len(r.planes) - 1)
       out = None
       for z, pr in enumerate(r.planes, start=r.index):
-        v = self._buf(pr.target, tuple(a + b for a, b in zip(s, pr.shift, strict=True)))
+        t = tuple(a + b for a, b in zip(s, pr.shift, strict=True))
+        v = self._coarse(pr.target, t) if pr.kind == "coarse" else self._buf(pr.target, t)
         out = v if out is None else jnp.where(idx == z, v, out)
       return out
     t = tuple(a + b for a, b in zip(s, r.shift, strict=True))
@@ -1070,6 +1206,47 @@ class _Eval:
     if x.shape != self.dom:  # the (larger) sliding input window: aligned slice at 0
       x = x[tuple(slice(0, n) for n in self.dom)]
     return x.astype(q.dtype)
+
+  def _gather(self, r: _Read, s) -> Any:
+    """``buf[idx_0, .., idx_k]`` as one Triton pointer gather, each index evaluated over the
+    block and clamped to the buffer (as XLA's gather clamps; bounds inference keeps in-range
+    reads in range)."""
+    amin, shape = self.lay.gather_box[id(r.target)]
+    idx = []
+    for a, lo, n in zip(r.call.args, amin, shape, strict=True):
+      i = jnp.asarray(self.ev(a, s)).astype(jnp.int32)
+      idx.append(jnp.broadcast_to(jnp.clip(i - lo, 0, n - 1), self.dom))
+    return self.refs[id(r.target)][tuple(idx)]
+
+  def _coarse(self, q: _Coarse, t: tuple[int, ...]) -> Any:
+    """``q`` upsampled over the domain at fine shift ``t``: ``U_y @ P @ U_x^T`` with one-hot
+    ``U[i, j] = (j s <= p_i < (j + 1) s)``, ``p_i`` the fine position (block origin + shift + i)
+    relative to the window's first coarse row times s: no vector division, exact in f32."""
+    key = (id(q), t)
+    if key in self.child_memo:
+      return self.child_memo[key]
+    cw = self.lay.coarse[id(q)]
+    nd = len(self.names)
+    if id(q) not in self.windows:  # GPU: one load of the block's coarse window
+      st = _coarse_start(self.block0, cw, nd)
+      win = self.refs[id(q)][tuple(pl.ds(a, n) for a, n in zip(st, cw.length, strict=True))]
+      self.windows[id(q)] = win.astype(jnp.float32)
+    p = self.windows[id(q)].astype(jnp.float32)
+    mats = []
+    for i, d in enumerate((nd - 2, nd - 1)):
+      s, n, m = cw.factors[i], self.dom[d], cw.length[i]
+      # fine position minus s * (the window's first coarse row): in [0, s * m)
+      a = self.block0[d] + cw.cmin[i]
+      base = a - s * _binop("floordiv", a, s) + (t[d] - cw.cmin[i])
+      shape, fine = ((n, m), 0) if i == 0 else ((m, n), 1)  # U_y [n, m]; U_x^T [m, n]
+      pos = lax.broadcasted_iota(jnp.int32, shape, fine) + base
+      lo = lax.broadcasted_iota(jnp.int32, shape, 1 - fine) * s
+      mats.append(((pos >= lo) & (pos < lo + s)).astype(jnp.float32))
+    hi = lax.Precision.HIGHEST
+    q_up = jnp.dot(p, mats[1], precision=hi, preferred_element_type=jnp.float32)
+    out = jnp.dot(mats[0], q_up, precision=hi, preferred_element_type=jnp.float32)
+    self.child_memo[key] = out.astype(q.dtype)
+    return self.child_memo[key]
 
   def _child(self, g: Any, t: tuple[int, ...]) -> Any:
     v = self.kid_val[id(g)]
@@ -1140,13 +1317,21 @@ def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_d
     carry[id(k.slide[0])], scratch = scratch[-1], scratch[:-1]
   if kind == "tpu":
     bufs = [(key, what) for key, what in order if what == "buf"]
-    for (key, _), win in zip(bufs, scratch, strict=True):
+    for (key, _), win in zip(bufs, scratch[: len(bufs)], strict=True):
       idx = tuple(pl.ds(block0[d] - fr[d][0], lay.win[d]) for d in range(len(fr)))
       pltpu.sync_copy(by_id[key].at[idx], win)
       w = win[...]
       if w.dtype.itemsize < 4:  # Mosaic rotates only unpacked (32-bit) vregs
         w = w.astype(jnp.float32 if w.dtype.kind == "f" else jnp.int32)
       windows[key] = w
+    coarse = [key for key, what in order if what == "coarse"]
+    for key, win in zip(coarse, scratch[len(bufs) :], strict=True):
+      cw = lay.coarse[key]
+      st = _coarse_start(block0, cw, len(fr))
+      pltpu.sync_copy(
+        by_id[key].at[tuple(pl.ds(a, n) for a, n in zip(st, cw.length, strict=True))], win
+      )
+      windows[key] = win[...]
   ev = _Eval(k, lay, kind, block0, by_id, windows)
   ev.carry = carry
   val = jnp.asarray(ev.value(k.value, (0,) * len(fr))).astype(k.fp.func.dtype)
@@ -1192,6 +1377,34 @@ def _derive(q: _Derived, base: tuple, axes, lo: Sequence[int], size: Sequence[in
   return arr, amin
 
 
+def _coarse_operand(q: _Coarse, cw: _CoarseWin, bufs: dict, region, steps, block) -> jax.Array:
+  """The 2-D coarse buffer a kernel's _Coarse windows are loaded from: the base's constant
+  dims dropped, edge-extended (the reads' edge clamps) over every block's window."""
+  arr, amin = bufs[id(q.base)]
+  amin = list(amin)
+  for j in reversed(range(len(q.maps))):
+    m = q.maps[j]
+    if m[0] == "const":
+      arr = lax.index_in_dim(arr, int(np.clip(m[1] - amin[j], 0, arr.shape[j] - 1)), j, False)
+      del amin[j]
+  nd = len(region)
+  size = []
+  for i, d in enumerate((nd - 2, nd - 1)):
+    s = cw.factors[i]
+    last = (region[d][0] + (steps[d] - 1) * block[d] + cw.cmin[i]) // s
+    size.append(last - cw.first[i] + cw.length[i])
+  arr = _prepare(arr, amin, cw.first, size)
+  return arr if arr.dtype.itemsize >= 4 else arr.astype(jnp.float32)
+
+
+def _coarse_start(block0, cw: _CoarseWin, nd: int) -> list[Any]:
+  """Per kept dim, the first coarse row of this block's window, relative to the operand."""
+  return [
+    _binop("floordiv", block0[d] + cw.cmin[i], cw.factors[i]) - cw.first[i]
+    for i, d in enumerate((nd - 2, nd - 1))
+  ]
+
+
 def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_warps):
   f = k.fp.func
   lay = _layout(k, kind)
@@ -1235,6 +1448,18 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
     in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
     if kind == "tpu":
       scratch.append(pltpu.VMEM(lay.win, arr.dtype))
+  for key in lay.gathers:
+    arr, amin = bufs[key]
+    lay.gather_box[key] = (tuple(amin), arr.shape)
+    args.append(arr)
+    order.append((key, "gather"))
+    in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
+  for key, cw in lay.coarse.items():
+    args.append(_coarse_operand(targets[key], cw, bufs, region, steps, k.block))
+    order.append((key, "coarse"))
+    in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
+    if kind == "tpu":
+      scratch.append(pltpu.VMEM(cw.length, args[-1].dtype))
   if kind == "tpu" and k.slide is not None:  # the carried producer window (32-bit rows)
     g = k.slide[0]
     dt = g.dtype if g.dtype.itemsize >= 4 else (jnp.float32 if g.dtype.kind == "f" else jnp.int32)
@@ -1843,6 +2068,16 @@ def _report(lows, kind: str) -> PallasReport:
     )
     if resampled:
       detail += f", reads resampled copies {resampled} (prepared by XLA: strided/repeated rows)"
+    sel = sorted(
+      {r.target.name for rd in k.reads.values() for r in rd.values() if r.call is not None}
+    )
+    if sel and kind == "gpu":
+      detail += f", gathers {sel} at data-dependent indices (Triton pointer loads)"
+    elif sel:
+      detail += (
+        f", upsamples the planes of {sel} in-kernel (one-hot matmuls per plane) and selects "
+        "among them by data"
+      )
     if k.lut_range:
       tabs = sorted(
         {r.target.name for rd in k.reads.values() for r in rd.values() if r.kind == "lut"}
@@ -2099,8 +2334,7 @@ def _hist_eq(ty: int, tx: int) -> Callable[[Any], None]:
 
 
 # The apps below read through lookup tables, resample (pyramids' 2x / x/2, Bayer planes), select
-# levels by data or reduce with RDom updates; all of it is kernels except the bilateral grid's
-# trilinear slice (see ``describe``).
+# levels by data, gather from upsampled grids or reduce with RDom updates: all of it kernels.
 _CAMERA_ROOT = ["curve", "g_gr", "r_r", "b_b", "g_gb"]
 PALLAS_SCHEDULES.update(
   {

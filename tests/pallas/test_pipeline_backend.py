@@ -133,9 +133,10 @@ def test_root_schedule_is_two_kernels_and_equals_xla():
     ("camera_pipe", "tpu", {}, set()),
     ("camera_pipe", "gpu", {}, set()),
     # The splat hist[gy, gx, z(r), c] += ... is a kernel (a one-hot sum over its 8x8 RDom per
-    # grid cell, reading stride-8 phase copies of the input); the trilinear slice stays XLA.
-    ("bilateral_grid", "gpu", {}, {"bilateral_grid"}),
-    ("bilateral_grid", "tpu", {}, {"bilateral_grid"}),
+    # grid cell, reading stride-8 phase copies of the input); the trilinear slice gathers the
+    # grid on GPU and upsamples its planes with one-hot matmuls on TPU.
+    ("bilateral_grid", "gpu", {}, set()),
+    ("bilateral_grid", "tpu", {}, set()),
     # gPyramid0 is a kernel: the image broadcast along k, remap[...] looked up in-kernel; the
     # pyramids' 2x down/upsampling read resampled copies; the level lookup lPyramid[y, x, li]
     # selects among the 8 level planes in-kernel.
@@ -293,11 +294,41 @@ def test_nd_scatter_into_a_small_dim_is_a_one_hot_kernel_equal_numpy(kind):
   np.testing.assert_allclose(got, want * 2.0, rtol=1e-5, atol=1e-5)
 
 
-def test_bilateral_slice_stays_xla_with_the_growth_named():
-  g = apps.make("bilateral_grid", backend="pallas")
-  rep = pb.describe(g.pipeline, (32, 128), input_shapes=[(32, 128)], target="gpu")
-  why = next(r.detail for r in rep.funcs if r.func == "bilateral_grid")
-  assert "resampled copies of blury" in why and "> 8x" in why, why
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_upsampled_data_dependent_reads_are_in_kernel_equal_numpy(kind):
+  """``g[(y + 1) // 4 + dy, x // 4 + dx, z(data)]`` (a bilateral-grid slice): 6 planes of 4x4
+  upsampled copies would be 16x the grid, so the kernel reads the coarse grid itself: a
+  pointer gather on GPU, on TPU one-hot upsampling matmuls per plane and a select. Ragged
+  blocks on both targets; equal to numpy."""
+  inp = ir.ImageParam(jnp.float32, 2, name="inp")
+  gy, gx, z, y, x = (ir.Var(n) for n in ("gy", "gx", "z", "y", "x"))
+  xo, yo, xi, yi = (ir.Var(n) for n in ("xo", "yo", "xi", "yi"))
+  g, out = ir.Func("g"), ir.Func("out")
+  # exact in float32: every grid cell differs, so a read off by one cell shows
+  g[gy, gx, z] = ir.cast(jnp.float32, gy * 64 + gx + z * z * 1024) * 0.125
+  g.compute_root()
+  zi = ir.clamp(ir.cast(jnp.int32, inp[y, x] * 6.0), 0, 4)
+  out[y, x] = g[(y + 1) // 4, x // 4 + 1, zi] * 2.0 + g[(y + 1) // 4 + 1, x // 4, zi + 1]
+  out.tile(x, y, xo, yo, xi, yi, 128, 16)
+  p = Pipeline(out)
+  h, w = 37, 300
+  a = _image((h, w), seed=53)
+  rep = pb.describe(p, (h, w), input_shapes=[a.shape], target=kind)
+  assert [r.how for r in rep.funcs] == ["pallas", "pallas"], str(rep)
+  how = "gathers ['g']" if kind == "gpu" else "upsamples the planes of ['g'] in-kernel"
+  assert how in rep.funcs[-1].detail, rep.funcs[-1].detail
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", pb.XlaFallbackWarning)
+    got = np.asarray(p.compile("pallas", target=kind, interpret=True)(a))
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  idx = np.clip((a * np.float32(6.0)).astype(np.int32), 0, 4)
+
+  def gv(i, j, k):
+    return (i * 64 + j + k * k * 1024) * 0.125
+
+  want = gv((yy + 1) // 4, xx // 4 + 1, idx) * 2 + gv((yy + 1) // 4 + 1, xx // 4, idx + 1)
+  assert idx.min() == 0 and idx.max() == 4
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def _equalize_np(a: np.ndarray) -> np.ndarray:
