@@ -24,9 +24,11 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   so no unaligned slice is ever taken. A sliding window (``store_at`` an outer loop) on TPU, when
   the producer is computed at the innermost grid axis and stored outside it, is a carried
   ``pltpu.VMEM`` window on that (``"arbitrary"``) axis: computed whole at the first step of each
-  store scope, then only the new rows of each block (see ``_plan_slide``). Otherwise (and always
-  on GPU) it is overlapped tiling: same results, more recompute. :func:`describe` says which,
-  and why, for each such producer.
+  store scope, then only the new rows of each block (see ``_plan_slide``). On GPU, a sliding
+  window is a loop over the block's rows that carries the producer's last rows as loop values
+  (see ``_plan_row_slide``; Triton programs run in parallel, so each block recomputes its
+  halo). Otherwise it is overlapped tiling: same results, more recompute. :func:`describe` says
+  which, and why, for each such producer.
 * Inputs are edge-extended once (XLA ``pad`` before the kernel) so that reads clamped to a
   buffer's edges (``boundary.repeat_edge``) become plain shifted loads, and blocks may run past
   the image: image sizes that are not a multiple of the block are padded, and the padding is
@@ -638,6 +640,8 @@ class _Kernel:
   # TPU carried sliding window: (child func, array dim, grid axis) or None; slide_note says why not.
   slide: tuple[Any, int, int] | None = None
   slide_note: str = ""
+  # GPU sliding window inside each block: (child func, array dim), or None (see _plan_row_slide).
+  row_slide: tuple[Any, int] | None = None
 
 
 def _block_rule(
@@ -852,11 +856,7 @@ def _plan_slide(k: _Kernel, kind: str) -> None:
   if not slid:
     return
   if kind != "tpu":
-    k.slide_note = (
-      "Triton programs run in parallel, so no state is carried between blocks; an in-kernel "
-      "loop would have to keep the window in registers, which Triton cannot slice, or in a "
-      "global scratch, which needs a CTA barrier Pallas does not expose"
-    )
+    _plan_row_slide(k, slid[0].func)
     return
   if len(k.children) != 1:
     k.slide_note = "a carried window is implemented for a single compute_at producer only"
@@ -898,6 +898,50 @@ def _plan_slide(k: _Kernel, kind: str) -> None:
     )
   k.grid[axis] = (d, k.grid[axis][1], "arbitrary")
   k.slide = (g, d, axis)
+
+
+def _slid_dim(fp: L.FuncPlan, g: ir.Func) -> tuple[int | None, str | None]:
+  """The consumer dim whose loop ``g`` is computed at (an outer or inner var of a split, or the
+  dim's own var), with that loop's name."""
+  comp = g.sched.compute
+  vc = comp[2] if comp and comp[0] == "at" else None
+  names = [v.name for v in fp.func.args]
+  st = fp.func.definitions[0].schedule
+  for old, o, i, _ in st.splits:
+    if vc in (o, i) and old in names:
+      return names.index(old), vc
+  return (names.index(vc) if vc in names else None), vc
+
+
+def _plan_row_slide(k: _Kernel, g: ir.Func) -> None:
+  """GPU sliding window (Halide's store_at outside + compute_at a row loop): inside each block,
+  an in-kernel loop over the rows of the slid dim computes one new producer row per step and
+  keeps the last rows it needs as loop-carried values (a tuple of rows: Triton cannot slice
+  register tensors, but a tuple shifts for free). Blocks are Triton programs, which run in
+  parallel, so nothing is carried between blocks: each recomputes its halo. Eligible: one
+  producer that reads no other producer, read by the consumer at a halo along the slid dim,
+  whose block along that dim is more than one row. Otherwise overlapped tiling, and
+  ``slide_note`` says why."""
+  names = [v.name for v in k.fp.func.args]
+  d, vc = _slid_dim(k.fp, g)
+  if len(k.children) != 1:
+    k.slide_note = "a sliding window is implemented for a single compute_at producer only"
+    return
+  if d is None:
+    k.slide_note = f"it is computed at loop {vc!r}, which is not a loop over one of its dims"
+    return
+  v = k.children[0][1]
+  if any(r.kind == "child" for r in k.reads[id(v)].values()):
+    k.slide_note = f"producer {g.name} reads another producer"
+    return
+  shifts = [r.shift[d] for r in k.reads[id(k.value)].values() if r.kind == "child"]
+  if not shifts or max(shifts) == min(shifts):
+    k.slide_note = f"the consumer has no halo along {names[d]!r}: nothing to reuse"
+    return
+  if k.block[d] < 2:
+    k.slide_note = f"the block along {names[d]!r} is one row: nothing to slide over"
+    return
+  k.row_slide = (g, d)
 
 
 def _walk_no_args(e: ir.Expr, reads: dict[int, _Read]):
@@ -1109,6 +1153,8 @@ class _Eval:
     self.intern = _xla._Interner()
     self.memo: dict[tuple, Any] = {}
     self.child_memo: dict[tuple, Any] = {}
+    # GPU row slide: the carried producer rows, by (shift with the slid dim zeroed, row shift)
+    self.rows: dict[tuple, Any] | None = None
 
   def value(self, v: ir.Expr, s: tuple[int, ...]) -> Any:
     self.cur = self.k.reads[id(v)]
@@ -1196,7 +1242,7 @@ class _Eval:
       # The prepared buffer starts at region min + lo: the load starts at block start + t - lo.
       idx = tuple(
         pl.ds(self.block0[d] - self.k.fp.region[d][0] + int(t[d] - lo[d]), b)
-        for d, b in enumerate(self.k.block)
+        for d, b in enumerate(self.dom)
       )
       return self.refs[id(q)][idx]
     x = self.windows[id(q)]
@@ -1250,6 +1296,9 @@ class _Eval:
 
   def _child(self, g: Any, t: tuple[int, ...]) -> Any:
     v = self.kid_val[id(g)]
+    if self.rows is not None:  # GPU row slide: a carried row
+      d = self.k.row_slide[1]
+      return self.rows[(t[:d] + (0,) + t[d + 1 :], t[d])]
     if self.kind == "gpu":  # recompute at this shift
       key = (id(g), t)
       if key not in self.child_memo:
@@ -1332,6 +1381,9 @@ def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_d
         by_id[key].at[tuple(pl.ds(a, n) for a, n in zip(st, cw.length, strict=True))], win
       )
       windows[key] = win[...]
+  if k.row_slide is not None:
+    _row_slide(k, lay, by_id, out_ref, block0)
+    return
   ev = _Eval(k, lay, kind, block0, by_id, windows)
   ev.carry = carry
   val = jnp.asarray(ev.value(k.value, (0,) * len(fr))).astype(k.fp.func.dtype)
@@ -1339,6 +1391,46 @@ def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_d
   if kind == "tpu":
     val = val[tuple(slice(0, b) for b in k.block)]
   out_ref[...] = val
+
+
+def _row_slide(k: _Kernel, lay: _Layout, refs: dict, out_ref: Any, block0: list) -> None:
+  """The GPU sliding window of ``k.row_slide`` (see _plan_row_slide): a loop over the block's
+  rows along the slid dim ``d``. Step ``i`` computes the producer's row ``i + hi`` at each
+  shift the consumer reads it at across ``d`` (``others``), then the consumer's row ``i`` from
+  the carried rows ``i + lo .. i + hi``, and stores it; rows ``lo .. hi - 1`` are computed
+  before the loop."""
+  g, d = k.row_slide
+  nd = len(block0)
+  child = k.children[0][1]
+  taps = {r.shift for r in k.reads[id(k.value)].values() if r.kind == "child"}
+  lo, hi = min(t[d] for t in taps), max(t[d] for t in taps)
+  others = sorted({t[:d] + (0,) + t[d + 1 :] for t in taps})
+  row = tuple(1 if e == d else n for e, n in enumerate(lay.domain))
+  row_lay = dataclasses.replace(lay, domain=row, win=row)
+
+  def ev_at(i: Any) -> _Eval:
+    b = list(block0)
+    b[d] = block0[d] + i
+    return _Eval(k, row_lay, "gpu", b, refs, {})
+
+  def producer_row(i: Any, o: tuple, r: int) -> Any:
+    out = ev_at(i).value(child, o[:d] + (r,) + o[d + 1 :])
+    return jnp.broadcast_to(jnp.asarray(out).astype(g.dtype), row)
+
+  def body(i, carry):
+    wins = [c + (producer_row(i, o, hi),) for o, c in zip(others, carry, strict=True)]
+    ev = ev_at(i)
+    ev.rows = {
+      (o, r): w[r - lo] for o, w in zip(others, wins, strict=True) for r in range(lo, hi + 1)
+    }
+    val = jnp.asarray(ev.value(k.value, (0,) * nd)).astype(k.fp.func.dtype)
+    out_ref[tuple(pl.ds(i, 1) if e == d else slice(None) for e in range(nd))] = jnp.broadcast_to(
+      val, row
+    )
+    return tuple(w[1:] for w in wins)
+
+  init = tuple(tuple(producer_row(0, o, r) for r in range(lo, hi)) for o in others)
+  lax.fori_loop(0, k.block[d], body, init)
 
 
 def _prepare(arr: jax.Array, amin: Sequence[int], lo: Sequence[int], size: Sequence[int]):
@@ -2096,6 +2188,14 @@ def _report(lows, kind: str) -> PallasReport:
       )
       if k.slide_note:
         detail += f" [{k.slide_note}]"
+    elif k.row_slide is not None:
+      st = row_slide_stats(k)
+      detail += (
+        f"; sliding window (store_at) of {slid} inside each block: a loop over the block's "
+        f"{st['rows']} rows along {k.fp.func.args[st['dim']].name!r} carries the producer's "
+        f"last rows, computing {st['computed']} producer rows per block (recomputing per tap "
+        f"would compute {st['per_tap']}); blocks run in parallel, each recomputes its halo"
+      )
     elif slid:
       detail += (
         f"; sliding window (store_at) of {slid} computed as overlapped tiling: no reuse "
@@ -2120,6 +2220,16 @@ def slide_stats(k: _Kernel) -> dict[str, int]:
     "rows": scopes * (w + (steps - 1) * n),
     "overlapped_rows": scopes * steps * w,
   }
+
+
+def row_slide_stats(k: _Kernel) -> dict[str, int]:
+  """Producer rows per block of a GPU row-slide kernel ``k``, and per-tap recompute's count."""
+  _, d = k.row_slide
+  taps = {r.shift for r in k.reads[id(k.value)].values() if r.kind == "child"}
+  others = {t[:d] + (0,) + t[d + 1 :] for t in taps}
+  halo = max(t[d] for t in taps) - min(t[d] for t in taps)
+  n = k.block[d]
+  return {"dim": d, "rows": n, "computed": len(others) * (n + halo), "per_tap": len(taps) * n}
 
 
 def describe(

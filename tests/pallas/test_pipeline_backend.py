@@ -692,8 +692,9 @@ def test_unregistered_pallas_backend_says_what_to_import(monkeypatch):
 
 
 # Sliding window with store_at(out, yo) + compute_at(out, yi): the producer is computed at a loop
-# inside the block, so each store scope is one block: overlapped tiling on both targets. Results
-# must still be exact, and describe() must say so (and why).
+# inside the block, so each store scope is one block. GPU: a row loop inside the block carries
+# the producer's rows; TPU: overlapped tiling (its carried window slides across blocks, below).
+# Results must be exact either way, and describe() must say which (and why).
 
 
 def _sliding(ty, tx):
@@ -721,10 +722,12 @@ def test_sliding_window_blur_equals_numpy_and_xla(kind, ty, tx, shape):
   np.testing.assert_allclose(out, np.asarray(g.compile("xla")(a)), rtol=1e-5, atol=1e-6)
   rep = pb.describe(g.pipeline, shape, target=kind)
   line = str(rep.funcs[-1])
-  assert "sliding window" in line and "blur_x" in line and "overlapped tiling" in line
-  assert "carried VMEM window" not in line
+  assert "sliding window" in line and "blur_x" in line and "carried VMEM window" not in line
   if kind == "tpu":
-    assert "computed at loop 'yi', inside the block" in line
+    assert "overlapped tiling" in line and "computed at loop 'yi', inside the block" in line
+  else:  # rows of 8: 8 + 2 producer rows per block instead of 3 taps x 8
+    assert "inside each block" in line and "computing 10 producer rows per block" in line
+    assert "would compute 24" in line and "overlapped tiling" not in line
 
 
 def test_sliding_window_interpret_params_matches_numpy():
@@ -787,13 +790,43 @@ def test_carried_sliding_window_equals_numpy_and_xla(ty, tx, shape, interp):
   assert f"('y', {-(-shape[0] // ty)}, 'arbitrary')" in line  # the slid axis is sequential
 
 
-def test_carried_sliding_window_gpu_stays_overlapped():
+def test_carried_sliding_window_gpu_slides_inside_each_block():
   a = _image((29, 140), seed=24)
   g = _blur_graph(_carried(8, 128))
-  out = np.asarray(g.compile("pallas", target="gpu", interpret=True)(a))
-  np.testing.assert_allclose(out, _blur_np(a), rtol=1e-5, atol=1e-6)
+  fn = g.compile("pallas", target="gpu", interpret=True)
+  np.testing.assert_allclose(np.asarray(fn(a)), _blur_np(a), rtol=1e-5, atol=1e-6)
   line = str(pb.describe(g.pipeline, (29, 140), target="gpu").funcs[-1])
-  assert "overlapped tiling" in line and "Triton programs run in parallel" in line
+  assert "inside each block" in line and "each recomputes its halo" in line, line
+  assert "scan" in str(jax.make_jaxpr(fn)(a))  # the row loop is in the kernel
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_row_slide_with_taps_across_rows_equals_numpy(kind):
+  """A producer read at shifts in both dims (y - 1..y + 1 and x - 1..x + 1): the GPU row loop
+  carries one window of rows per x shift. Ragged blocks; equal to numpy."""
+  inp = ir.ImageParam(jnp.float32, 2, name="inp")
+  y, x, yo, yi, xo, xi = (ir.Var(n) for n in ("y", "x", "yo", "yi", "xo", "xi"))
+  e = boundary.repeat_edge(inp)
+  p, out = ir.Func("p"), ir.Func("out")
+  p[y, x] = ir.sin(e[y, x]) + e[y, x + 1] * 0.5
+  out[y, x] = p[y - 1, x - 1] + 2.0 * p[y + 1, x + 1] - p[y, x + 1] + p[y + 1, x - 1] * 0.25
+  out.tile(x, y, xo, yo, xi, yi, 128, 8)
+  p.store_at(out, xo).compute_at(out, yi)
+  pipe = Pipeline(out)
+  h, w = 21, 150
+  a = _image((h, w), seed=59)
+  got = np.asarray(pipe.compile("pallas", target=kind, interpret=True)(a))
+  q = np.pad(a.astype(np.float64), 2, mode="edge")
+  pv = np.sin(q[:, :-1]) + q[:, 1:] * 0.5  # p over rows -2..h+1, cols -2..w (q has 4 extra)
+
+  def pp(dy, dx):
+    return pv[2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
+
+  want = pp(-1, -1) + 2.0 * pp(1, 1) - pp(0, 1) + pp(1, -1) * 0.25
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  line = str(pb.describe(pipe, (h, w), target=kind).funcs[-1])
+  if kind == "gpu":  # x shifts -1, +1: 2 x (8 + 2) rows; per tap: 4 taps x 8 rows
+    assert "computing 20 producer rows per block" in line and "would compute 32" in line, line
 
 
 def test_carried_sliding_window_says_when_it_overrides_parallel():
@@ -839,6 +872,18 @@ def test_carried_sliding_window_under_vmap():
   got = np.asarray(jax.vmap(g.compile("pallas", target="tpu", interpret=True))(batch))
   for b in range(2):
     np.testing.assert_allclose(got[b], _blur_np(batch[b]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ty,tx", [(8, None), (16, 128)])
+def test_gpu_row_slide_compiles_deviceless(ty, tx):
+  if "h100" not in targets.available_targets():
+    pytest.skip("compiler plugin for h100 not installed")
+  g = _blur_graph(_carried(ty, tx))
+  fn = g.compile("pallas", target="gpu")
+  spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
+  assert "inside each block" in str(pb.describe(g.pipeline, (64, 256), target="gpu"))
+  text = targets.compile_for(lambda a: fn(a), spec, target="h100").as_text()
+  assert "__gpu$xla.gpu.triton" in text.lower()
 
 
 @pytest.mark.parametrize("ty,tx", [(8, None), (16, 128), (8, 128)])
