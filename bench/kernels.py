@@ -7,7 +7,10 @@ arithmetic intensity, predicted floor time = max(FLOPs / peak, bytes / bandwidth
 local backend is a GPU or TPU, each kernel is also timed there against XLA's own op in the same
 run.
 
-Usage: ``python -m bench.kernels [--configs N] [--markdown]``
+Usage: ``python -m bench.kernels [--configs N]``
+
+With no accelerator device node (``/dev/nvidia*``, ``/dev/accel*``) JAX is pinned to the CPU;
+otherwise JAX picks the local GPU/TPU and the timing table is printed too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import dataclasses
 import os
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+def _accelerator_present() -> bool:
+  """A GPU or TPU device node exists (probed without initialising JAX's backends)."""
+  dev = os.listdir("/dev") if os.path.isdir("/dev") else []
+  return any(n.startswith(("nvidia", "accel")) and n[-1:].isdigit() for n in dev)
+
+
+if not _accelerator_present():  # pinned only where no device could time the kernels
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -37,21 +48,38 @@ class Problem:
 
 
 PROBLEMS = (
-    Problem("matmul 1024^3 f32", "matmul", ((1024, 1024), (1024, 1024)), "float32"),
-    Problem("matmul 1024^3 bf16", "matmul", ((1024, 1024), (1024, 1024)), "bfloat16"),
-    Problem("matmul 4096x1024x4096 bf16", "matmul", ((4096, 1024), (1024, 4096)), "bfloat16"),
-    Problem("pointwise 8x56x56x128->128 f32", "pointwise_conv", ((8, 56, 56, 128), (128, 128)),
-            "float32"),
-    Problem("depthwise 3x3 s1 8x112x112x64 f32", "depthwise_conv2d",
-            ((8, 112, 112, 64), (3, 3, 64)), "float32", (("stride", 1),)),
-    Problem("depthwise 3x3 s2 8x112x112x128 f32", "depthwise_conv2d",
-            ((8, 112, 112, 128), (3, 3, 128)), "float32", (("stride", 2),)),
+  Problem("matmul 1024^3 f32", "matmul", ((1024, 1024), (1024, 1024)), "float32"),
+  Problem("matmul 1024^3 bf16", "matmul", ((1024, 1024), (1024, 1024)), "bfloat16"),
+  Problem("matmul 4096x1024x4096 bf16", "matmul", ((4096, 1024), (1024, 4096)), "bfloat16"),
+  Problem(
+    "pointwise 8x56x56x128->128 f32", "pointwise_conv", ((8, 56, 56, 128), (128, 128)), "float32"
+  ),
+  Problem(
+    "depthwise 3x3 s1 8x112x112x64 f32",
+    "depthwise_conv2d",
+    ((8, 112, 112, 64), (3, 3, 64)),
+    "float32",
+    (("stride", 1),),
+  ),
+  Problem(
+    "depthwise 3x3 s2 8x112x112x128 f32",
+    "depthwise_conv2d",
+    ((8, 112, 112, 128), (3, 3, 128)),
+    "float32",
+    (("stride", 2),),
+  ),
 )
 
-_FNS = {"matmul": jp.matmul, "pointwise_conv": jp.pointwise_conv,
-        "depthwise_conv2d": jp.depthwise_conv2d}
-_REFS = {"matmul": jp.matmul_reference, "pointwise_conv": jp.pointwise_conv_reference,
-         "depthwise_conv2d": jp.depthwise_conv2d_reference}
+_FNS = {
+  "matmul": jp.matmul,
+  "pointwise_conv": jp.pointwise_conv,
+  "depthwise_conv2d": jp.depthwise_conv2d,
+}
+_REFS = {
+  "matmul": jp.matmul_reference,
+  "pointwise_conv": jp.pointwise_conv_reference,
+  "depthwise_conv2d": jp.depthwise_conv2d_reference,
+}
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -84,8 +112,12 @@ def roofline(p: Problem, cfg, target: targets.Target) -> dict[str, float]:
     bytes_ = item * (b * h * w * c * halo + kh * kh * c + b * ho * wo * c)
   peak = target.flops(p.dtype)
   floor = max(flops / peak if peak else 0.0, bytes_ / target.hbm_bytes_per_s)
-  return {"gflop": flops / 1e9, "mbytes": bytes_ / 1e6, "intensity": flops / bytes_,
-          "floor_us": floor * 1e6}
+  return {
+    "gflop": flops / 1e9,
+    "mbytes": bytes_ / 1e6,
+    "intensity": flops / bytes_,
+    "floor_us": floor * 1e6,
+  }
 
 
 def _spec(shape, dtype):
@@ -123,10 +155,23 @@ def compile_rows(n_configs: int) -> list[dict]:
         except targets.CompileError as e:
           status = "FAIL: " + e.compiler_message.splitlines()[0][:60]
         secs = time.perf_counter() - t0
-        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-        rows.append({"problem": p.name, "target": tname, "space": space_size,
-                     "config": fields, "status": status, "compile_s": secs,
-                     **roofline(p, cfg, target)})
+        # fields that mean nothing on this target (num_warps on TPU, ...) are left out
+        fields = {
+          f.name: getattr(cfg, f.name)
+          for f in dataclasses.fields(cfg)
+          if target.kind in f.metadata.get("kinds", (target.kind,))
+        }
+        rows.append(
+          {
+            "problem": p.name,
+            "target": tname,
+            "space": space_size,
+            "config": fields,
+            "status": status,
+            "compile_s": secs,
+            **roofline(p, cfg, target),
+          }
+        )
   return rows
 
 
@@ -137,8 +182,10 @@ def device_rows() -> list[dict]:
   rows = []
   key = jax.random.key(0)
   for p in PROBLEMS:
-    args = [jax.random.normal(k, s, jnp.dtype(p.dtype))
-            for k, s in zip(jax.random.split(key, len(p.shapes)), p.shapes, strict=True)]
+    args = [
+      jax.random.normal(k, s, jnp.dtype(p.dtype))
+      for k, s in zip(jax.random.split(key, len(p.shapes)), p.shapes, strict=True)
+    ]
     kw = dict(p.params)
     times = {}
     for label, fn in (("jaxsched", _FNS[p.op]), ("xla", _REFS[p.op])):
@@ -150,14 +197,28 @@ def device_rows() -> list[dict]:
         f(*args).block_until_ready()
         ts.append(time.perf_counter() - t0)
       times[label] = float(np.median(ts))
-    rows.append({"problem": p.name, "jaxsched_ms": times["jaxsched"] * 1e3,
-                 "xla_ms": times["xla"] * 1e3, "ratio": times["jaxsched"] / times["xla"]})
+    rows.append(
+      {
+        "problem": p.name,
+        "jaxsched_ms": times["jaxsched"] * 1e3,
+        "xla_ms": times["xla"] * 1e3,
+        "ratio": times["jaxsched"] / times["xla"],
+      }
+    )
   return rows
 
 
 def _fmt_cfg(cfg: dict) -> str:
-  short = {"block_m": "bm", "block_n": "bn", "block_k": "bk", "num_warps": "w",
-           "num_stages": "s", "tile_h": "th", "tile_w": "tw", "tile_c": "tc"}
+  short = {
+    "block_m": "bm",
+    "block_n": "bn",
+    "block_k": "bk",
+    "num_warps": "w",
+    "num_stages": "s",
+    "tile_h": "th",
+    "tile_w": "tw",
+    "tile_c": "tc",
+  }
   return " ".join(f"{short.get(k, k)}={v}" for k, v in cfg.items())
 
 
@@ -166,14 +227,18 @@ def main(argv=None) -> None:
   ap.add_argument("--configs", type=int, default=3, help="configs per kernel x target")
   args = ap.parse_args(argv)
   rows = compile_rows(args.configs)
-  print(f"jax {jax.__version__}; targets {targets.available_targets()}; "
-        f"local backend {jax.default_backend()}")
+  print(
+    f"jax {jax.__version__}; targets {targets.available_targets()}; "
+    f"local backend {jax.default_backend()}"
+  )
   print("| kernel | target | space | config | compile | s | GFLOP | MB | FLOP/B | floor us |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['problem']} | {r['target']} | {r['space']} | {_fmt_cfg(r['config'])} | "
-          f"{r['status']} | {r['compile_s']:.2f} | {r['gflop']:.2f} | {r['mbytes']:.1f} | "
-          f"{r['intensity']:.1f} | {r['floor_us']:.1f} |")
+    print(
+      f"| {r['problem']} | {r['target']} | {r['space']} | {_fmt_cfg(r['config'])} | "
+      f"{r['status']} | {r['compile_s']:.2f} | {r['gflop']:.2f} | {r['mbytes']:.1f} | "
+      f"{r['intensity']:.1f} | {r['floor_us']:.1f} |"
+    )
   ok = sum(r["status"] == "ok" for r in rows)
   print(f"\n{ok}/{len(rows)} configs compiled")
   dev = device_rows()

@@ -896,3 +896,32 @@ def test_carried_sliding_window_compiles_deviceless(ty, tx):
   assert "carried VMEM window" in str(pb.describe(g.pipeline, (64, 256), target="tpu"))
   text = targets.compile_for(lambda a: fn(a), spec, target="tpu-v5e").as_text()
   assert "tpu_custom_call" in text
+
+
+def _dimension_semantics(fn, shape):
+  """The dimension_semantics of each pallas_call in ``fn``'s jaxpr (TPU compiler params)."""
+
+  def walk(j):
+    for e in j.eqns:
+      if e.primitive.name == "pallas_call":
+        yield tuple(e.params["compiler_params"].dimension_semantics)
+      for v in e.params.values():
+        inner = getattr(v, "jaxpr", None)
+        if inner is not None:
+          yield from walk(getattr(inner, "jaxpr", inner))
+
+  return list(walk(jax.make_jaxpr(fn)(np.zeros(shape, np.float32)).jaxpr))
+
+
+def test_tpu_dimension_semantics_reach_the_pallas_call():
+  # blur's default: tiles with yo parallel, xo serial -> ('parallel', 'arbitrary')
+  fn = apps.make("blur", backend="pallas").compile("pallas", target="tpu")
+  assert _dimension_semantics(fn, (64, 256)) == [("parallel", "arbitrary")]
+
+  def sched(g):  # yo parallel, but a carried window slides along it: 'arbitrary'
+    v = g.vars
+    g.funcs["blur_y"].split(v["y"], v["yo"], v["yi"], 8).parallel(v["yo"])
+    g.funcs["blur_x"].store_root().compute_at(g.funcs["blur_y"], v["yo"])
+
+  fn = _blur_graph(sched).compile("pallas", target="tpu")
+  assert _dimension_semantics(fn, (40, 256)) == [("arbitrary",)]
