@@ -308,7 +308,10 @@ def test_upsampled_data_dependent_reads_are_in_kernel_equal_numpy(kind):
   g[gy, gx, z] = ir.cast(jnp.float32, gy * 64 + gx + z * z * 1024) * 0.125
   g.compute_root()
   zi = ir.clamp(ir.cast(jnp.int32, inp[y, x] * 6.0), 0, 4)
-  out[y, x] = g[(y + 1) // 4, x // 4 + 1, zi] * 2.0 + g[(y + 1) // 4 + 1, x // 4, zi + 1]
+  e = boundary.repeat_edge(inp)  # a halo read: on TPU the evaluation window outgrows the block
+  out[y, x] = (
+    g[(y + 1) // 4, x // 4 + 1, zi] * 2.0 + g[(y + 1) // 4 + 1, x // 4, zi + 1] + e[y + 1, x - 3]
+  )
   out.tile(x, y, xo, yo, xi, yi, 128, 16)
   p = Pipeline(out)
   h, w = 37, 300
@@ -327,6 +330,7 @@ def test_upsampled_data_dependent_reads_are_in_kernel_equal_numpy(kind):
     return (i * 64 + j + k * k * 1024) * 0.125
 
   want = gv((yy + 1) // 4, xx // 4 + 1, idx) * 2 + gv((yy + 1) // 4 + 1, xx // 4, idx + 1)
+  want += a[np.minimum(yy + 1, h - 1), np.maximum(xx - 3, 0)]
   assert idx.min() == 0 and idx.max() == 4
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -925,3 +929,20 @@ def test_tpu_dimension_semantics_reach_the_pallas_call():
 
   fn = _blur_graph(sched).compile("pallas", target="tpu")
   assert _dimension_semantics(fn, (40, 256)) == [("arbitrary",)]
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_bilateral_slice_kernel_and_gpu_row_slide_under_vmap(kind):
+  """The in-kernel slice (gather / upsampling matmuls) and the GPU row loop under jax.vmap."""
+  batch = np.stack([_image((21, 35), seed=s) for s in (61, 62)])
+  xla = apps.make("bilateral_grid").compile("xla")
+  g = apps.make("bilateral_grid", backend="pallas")
+  got = np.asarray(jax.vmap(g.compile("pallas", target=kind, interpret=True))(batch))
+  for b in range(2):
+    np.testing.assert_allclose(got[b], np.asarray(xla(batch[b])), rtol=2e-5, atol=2e-6)
+  if kind == "gpu":
+    batch = np.stack([_image((29, 140), seed=s) for s in (63, 64)])
+    fn = _blur_graph(_carried(8, 128)).compile("pallas", target="gpu", interpret=True)
+    got = np.asarray(jax.vmap(fn)(batch))
+    for b in range(2):
+      np.testing.assert_allclose(got[b], _blur_np(batch[b]), rtol=1e-5, atol=1e-6)
