@@ -318,66 +318,80 @@ def _universe_task(app: str, size: int, table: dict[str, float], *, loop_nest: b
 
 
 def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, repeats, timeout,
-                    cache, plot):
+                    cache, plot, min_fit=8):
   from jaxsched.tuning.search import Prior
 
   tables = {a: measure_universe(a, size, universe, repeats=repeats, timeout=timeout, cache=cache)
             for a in apps_}
   rows = []
   curves_all = {}
+  learned = {"random", "grid", "ga"}
   for app in apps_:
     table = tables[app]
     best = min(table.values())
     n_ok = sum(math.isfinite(v) for v in table.values())
+    n_good = sum(v <= _GOOD * best for v in table.values())
     budget = min(trials, len(table))
+
+    def run(method, seed, *, loop_nest, prior=None, app=app, table=table, budget=budget):
+      kw = {} if method in learned else {"tuner_kwargs": {"min_fit": min_fit}}
+      if prior is not None:
+        kw["tuner_kwargs"]["prior"] = prior
+      with tempfile.TemporaryDirectory() as d:
+        return tune(_universe_task(app, size, table, loop_nest=loop_nest), trials=budget,
+                    method=method, db=f"{d}/t.sqlite", target="bench",
+                    measurer=TableMeasurer(table), seed=seed, batch_size=batch, progress=False,
+                    **kw)
+
     ttg, curves = {}, {}
     for method in methods:
       ttg[method], curves[method] = [], []
       for seed in range(seeds):
-        with tempfile.TemporaryDirectory() as d:
-          res = tune(_universe_task(app, size, table, loop_nest=False), trials=budget,
-                     method=method, db=f"{d}/t.sqlite", target="bench",
-                     measurer=TableMeasurer(table), seed=seed, batch_size=batch, progress=False)
+        res = run(method, seed, loop_nest=False)
         ttg[method].append(trials_to_good(res.costs, best))
         curves[method].append(res.costs)
-    # Transfer: loop-nest features; the model is pre-trained on the other apps' measurements.
-    tr = {}
+    # Loop-nest features (the same meaning in every app), without and with transfer: the model
+    # pre-trained on the other apps' measurements.
     others = [a for a in apps_ if a != app]
-    for transfer in (False, True):
-      tr[transfer] = []
-      prior = None
-      if transfer and others:
-        f, c, g = [], [], []
-        for gi, o in enumerate(others):
-          t_o = _universe_task(o, size, tables[o], loop_nest=True)
-          for k, v in tables[o].items():
-            f.append(t_o.feature_fn(json.loads(k)))
-            c.append(v)
-            g.append(gi)
-        prior = Prior(np.asarray(f, np.float32), np.asarray(c), np.asarray(g))
-      for seed in range(seeds):
-        with tempfile.TemporaryDirectory() as d:
-          res = tune(_universe_task(app, size, table, loop_nest=True), trials=budget,
-                     method="xgb", db=f"{d}/t.sqlite", target="bench",
-                     measurer=TableMeasurer(table), seed=seed, batch_size=batch, progress=False,
-                     tuner_kwargs={"prior": prior, "num_chains": 32, "host_steps": 30})
-        tr[transfer].append(trials_to_good(res.costs, best))
-    rows.append((app, len(table), n_ok, best, ttg, tr))
+    prior = None
+    if others:
+      f, c, g = [], [], []
+      for gi, o in enumerate(others):
+        t_o = _universe_task(o, size, tables[o], loop_nest=True)
+        for k, v in tables[o].items():
+          f.append(t_o.feature_fn(json.loads(k)))
+          c.append(v)
+          g.append(gi)
+      prior = Prior(np.asarray(f, np.float32), np.asarray(c), np.asarray(g))
+    tr = {}
+    for model in ("xgb", "mlp"):
+      for transfer in (False, True):
+        tr[model, transfer] = [
+          trials_to_good(run(model, seed, loop_nest=True,
+                             prior=prior if transfer else None).costs, best)
+          for seed in range(seeds)
+        ]
+    rows.append((app, len(table), n_ok, n_good, best, ttg, tr))
     curves_all[app] = (curves, best)
 
   print(f"\nPipeline schedules, XLA backend on this CPU, {size}x{size} float32; universe = every "
         f"valid schedule of the app's space (harris: narrowed, see PIPELINE_SPACES), each "
         f"measured for real; trials to within 5% of the universe's best (median over {seeds} "
-        f"seeds; budget min({trials}, universe); inf = not reached):")
+        f"seeds; budget min({trials}, universe); batch {batch}; models used from {min_fit} "
+        f"measurements; inf = not reached); random (exp.) = (N + 1) / (good + 1), the expected "
+        f"trials of random sampling without replacement; -LN = loop-nest features:")
   head = "".join(f"{m:>9}" for m in methods)
-  print(f"  {'app':16}{'configs':>8}{'best ms':>9}{head}{'xgb-LN':>9}{'+transfer':>10}")
-  for app, n, _, best, ttg, tr in rows:
+  print(f"  {'app':16}{'configs':>8}{'good':>5}{'best ms':>9}{'rnd exp':>8}{head}"
+        f"{'xgb-LN':>8}{'+trans':>7}{'mlp-LN':>8}{'+trans':>7}")
+  for app, n, _, n_good, best, ttg, tr in rows:
     cells = "".join(f"{np.median(ttg[m]):>9}" for m in methods)
-    print(f"  {app:16}{n:>8}{best * 1e3:>9.2f}{cells}{np.median(tr[False]):>9}"
-          f"{np.median(tr[True]):>10}")
-  for app, n, n_ok, _, ttg, tr in rows:
-    print(f"  {app}: per seed {ttg}; loop-nest xgb {tr[False]} -> with transfer {tr[True]}; "
-          f"{n - n_ok} of {n} failed/timed out")
+    ln = "".join(f"{np.median(tr[m, t]):>{8 if not t else 7}}"
+                 for m in ("xgb", "mlp") for t in (False, True))
+    print(f"  {app:16}{n:>8}{n_good:>5}{best * 1e3:>9.2f}{(n + 1) / (n_good + 1):>8.1f}{cells}"
+          f"{ln}")
+  for app, n, n_ok, _, _, ttg, tr in rows:
+    ln = {m + ("+transfer" if t else ""): v for (m, t), v in tr.items()}
+    print(f"  {app}: per seed {ttg}; loop-nest {ln}; {n - n_ok} of {n} failed/timed out")
   if plot:
     from jaxsched.tuning.plot import plot_tuning_curves
 
@@ -393,6 +407,8 @@ def main() -> None:
   ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--trials", type=int, default=200)
   ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--min-fit", type=int, default=8,
+                  help="pipelines: measurements before a model guides the search")
   ap.add_argument("--methods", default="xgb,mlp,treegru,random,grid,ga")
   ap.add_argument("--plot", default=None, help="write the tuning curves to this PNG")
   ap.add_argument("--real", action="store_true", help="also tune a real blocked matmul")
@@ -417,7 +433,8 @@ def main() -> None:
             f"SA 128 chains x 500 steps: {tp['sa_128x500_s'] * 1e3:.1f} ms")
     bench_pipelines(args.apps.split(","), args.size, args.universe, args.methods.split(","),
                     args.seeds, args.trials, args.batch, repeats=args.repeats,
-                    timeout=args.timeout, cache=args.cache, plot=args.plot)
+                    timeout=args.timeout, cache=args.cache, plot=args.plot,
+                    min_fit=args.min_fit)
     return
   global DESCRIPTOR
   DESCRIPTOR = args.descriptor

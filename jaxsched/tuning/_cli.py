@@ -20,6 +20,13 @@ _KERNEL_FNS = {"matmul": "matmul", "depthwise_conv2d": "depthwise_conv2d",
                "pointwise_conv": "pointwise_conv"}
 
 
+
+def _model_kwargs(args: Any) -> dict[str, Any]:
+  """Cost-model tuner options from the command line (none for the baselines)."""
+  if args.min_fit is None or args.method not in ("xgb", "mlp", "treegru"):
+    return {}
+  return {"min_fit": args.min_fit}
+
 def _shape(text: str) -> tuple[int, ...]:
   try:
     dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
@@ -46,6 +53,9 @@ def configure(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--plot", default=None, metavar="PNG", help="write the tuning curve here")
   p.add_argument("--batch-size", type=int, default=8, help="configs per batch (model refit)")
+  p.add_argument("--min-fit", type=int, default=None,
+                 help="measurements before the cost model guides the search (default 8; small "
+                      "app spaces: --features loop_nest --batch-size 1 --min-fit 3)")
   p.add_argument("--features", default="knobs", choices=("knobs", "loop_nest"),
                  help="apps: cost-model features (loop_nest transfers across apps; slower)")
   p.add_argument("--transfer", action="store_true",
@@ -118,10 +128,10 @@ def _tune_app(args: argparse.Namespace) -> int:
   space = task.space
   print(f"tuning {args.name} {shape[0]}x{shape[1]} (XLA backend, {dbm.current_target()}): "
         f"{space.ndim} knobs, {space.size} points; database {db.path}")
-  kwargs: dict[str, Any] = {}
+  kwargs: dict[str, Any] = _model_kwargs(args)
   if args.method in ("xgb", "mlp", "treegru") and args.features == "loop_nest":
     # Loop-nest features are computed on the host per candidate: anneal fewer, shorter chains.
-    kwargs = {"num_chains": 32, "host_steps": 30}
+    kwargs.update(num_chains=32, host_steps=30)
   try:
     result = tune(task, trials=args.trials, method=args.method, db=db, seed=args.seed,
                   batch_size=args.batch_size, transfer=args.transfer, repeats=args.repeats,
@@ -204,7 +214,7 @@ def _tune_kernel(args: argparse.Namespace) -> int:
       result = tune(task, trials=args.trials, method=args.method, db=db, target=record_target,
                     seed=args.seed, batch_size=args.batch_size, repeats=args.repeats,
                     timeout=args.timeout, isolate=not args.in_process,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, tuner_kwargs=_model_kwargs(args))
       _report(result, args)
       return 0 if result.best_config is not None else 1
     return _compile_only(args, space, configs, shapes, tgt, workload, record_target, db)

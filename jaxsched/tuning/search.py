@@ -45,6 +45,13 @@ __all__ = [
 BASELINES = ("random", "grid", "ga")
 
 
+# Spaces with at most this many knob combinations draw random points from the explicit remainder.
+SMALL_SPACE = 4096
+# Model-based batches rank every unvisited valid point of spaces up to this size instead of
+# annealing (each point's validity is checked, which may lower a pipeline: keep it small).
+RANK_ALL_LIMIT = 1024
+
+
 def _methods() -> tuple[str, ...]:
   return (*sorted(cm.COST_MODELS), *BASELINES)
 
@@ -282,7 +289,7 @@ class Tuner:
     out: list[np.ndarray] = []
     if n <= 0:
       return out
-    if self.space.size <= 4096:  # Small space: draw from the explicit remainder.
+    if self.space.size <= SMALL_SPACE:  # Small space: draw from the explicit remainder.
       rest = np.array([i for i in range(self.space.size) if i not in taken], np.int64)
       self.rng.shuffle(rest)
       for idx in rest:
@@ -448,6 +455,8 @@ class ModelTuner(Tuner):
     super().__init__(task, seed=seed)
     if not 0.0 <= epsilon <= 1.0:
       raise ValueError(f"{epsilon=} must be in [0, 1]")
+    if min_fit < 1:
+      raise ValueError(f"{min_fit=} must be >= 1 (measurements before the model is used)")
     kwargs = dict(model_kwargs or {})
     if isinstance(model, str):
       name = model
@@ -549,11 +558,24 @@ class ModelTuner(Tuner):
     self.search_seconds += time.perf_counter() - start
     return pts, es
 
+  def _rank_all(self) -> tuple[np.ndarray, np.ndarray]:
+    """Every unvisited valid point of a small space with its predicted cost: the model's exact
+    top-k instead of annealing's approximation (chains in a sparse valid set spend their steps
+    on invalid points)."""
+    start = time.perf_counter()
+    rest = np.array([i for i in range(self.space.size) if i not in self.visited], np.int64)
+    pts = self.space.index_to_knobs(rest).reshape(-1, self.space.ndim) if rest.size else rest
+    pts = np.array([k for k in pts if self.space.is_valid_knobs(k)], np.int32)
+    pts = pts.reshape(-1, self.space.ndim)
+    es = self._host_energy(pts) if len(pts) else np.zeros(0)
+    self.search_seconds += time.perf_counter() - start
+    return pts, np.asarray(es, np.float64)
+
   def next_batch(self, batch_size: int) -> list[np.ndarray]:
     if not self.model.fitted:
       return self._random_unvisited(batch_size)
     n_random = int(round(self.epsilon * batch_size))
-    pts, es = self._anneal()
+    pts, es = self._rank_all() if self.space.size <= RANK_ALL_LIMIT else self._anneal()
     idx = self.space.knobs_to_index(pts)
     _, first = np.unique(idx, return_index=True)
     keep = [i for i in first if int(idx[i]) not in self.visited]

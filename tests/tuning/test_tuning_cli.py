@@ -46,6 +46,7 @@ def test_tune_blur_random_records_resumes_and_plots(tmp_path, capsys):
   (["blur", "--shape", "64,64", "--method", "annealing"], ["annealing", "xgb", "treegru", "ga"]),
   (["blur", "--shape", "64,64,3"], ["H,W"]),
   (["blur", "--shape", "64,64", "--trials", "0"], ["--trials=0"]),
+  (["blur", "--shape", "64,64", "--method", "xgb", "--min-fit", "0"], ["min_fit=0", ">= 1"]),
   (["matmul", "--shape", "64,64", "--shape", "64,64"], ["interpret", "h100"]),
   (["matmul", "--shape", "64,64", "--shape", "32,64", "--target", "h100"], ["64"]),
 ])
@@ -71,7 +72,8 @@ def test_kernel_for_another_device_compiles_but_does_not_time(tmp_path, capsys):
 def test_model_method_tunes_a_schedule(tmp_path, capsys, method="xgb"):
   db_path = tmp_path / "m.sqlite"
   code = _tune("blur", "--shape", "64,200", "--trials", 10, "--batch-size", 4, "--method", method,
-               "--db", db_path, "--in-process", "--no-progress", "--repeats", 1, "--seed", 1)
+               "--db", db_path, "--in-process", "--no-progress", "--repeats", 1, "--seed", 1,
+               "--min-fit", 3)
   out = capsys.readouterr().out
   assert code == 0, out
   with dbm.TuningDatabase(db_path) as db:

@@ -207,3 +207,39 @@ def test_plot_writes_png(tmp_path):
   assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
   with pytest.raises(ValueError, match="unknown unit='min'"):
     plot_tuning_curves(curves, tmp_path / "d.png", unit="min")
+
+
+def test_model_batches_rank_every_valid_point_of_a_small_space():
+  """Below RANK_ALL_LIMIT the model's exact top-k is proposed, even when valid points are
+  sparse: with a model that predicts the true cost, every batch is the best unvisited."""
+  from jaxsched.tuning import cost_models as cm
+  from jaxsched.tuning.search import RANK_ALL_LIMIT, ModelTuner
+
+  space = SearchSpace({"a": tuple(range(20)), "b": tuple(range(20))},
+                      valid=lambda c: (c["a"] * 7 + c["b"] * 3) % 37 == 0)
+  assert space.size <= RANK_ALL_LIMIT
+
+  def cost(c):
+    return (c["a"] - 13) ** 2 + (c["b"] - 4) ** 2 + 1.0
+
+  class Oracle(cm.CostModel):
+    fitted = False
+
+    def fit(self, features, costs, *, groups=None):
+      self.fitted = True
+      return self
+
+    def predict(self, features):
+      return np.array([cost({"a": f[0], "b": f[1]}) for f in np.asarray(features)])
+
+  task = Task(workload_key("sparse", shapes=[(1,)], dtypes=["float32"]), space, measure_fn=None,
+              feature_fn=lambda c: np.array([c["a"], c["b"]], np.float32))
+  tuner = ModelTuner(task, Oracle(), seed=0, min_fit=2, epsilon=0.0, diversity=0.0)
+  valid = sorted((cost(space.index_to_config(i)), i) for i in range(space.size)
+                 if space.is_valid(space.index_to_config(i)))
+  first = tuner.next_batch(2)  # random: the model is not fitted yet
+  tuner.update(first, [cost(space.knobs_to_config(k)) for k in first])
+  seen = {int(space.knobs_to_index(k)) for k in first}
+  batch = tuner.next_batch(3)
+  want = [i for _, i in valid if i not in seen][:3]
+  assert sorted(int(space.knobs_to_index(k)) for k in batch) == sorted(want)
