@@ -616,12 +616,18 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
     if comp[0] == "at":
       if f.extern is not None:
         raise NotImplementedError(f"compute_at: Func {f.name} is extern; compute it at root")
-      scatters = [B.self_update(f, d.args, d.value) for d in f.updates]
-      bad = [k for k, su in enumerate(scatters, start=1) if su is None]
+      # Tile-local updates: commutative scatters (writes outside the tile's window are dropped,
+      # each point sums its own contributions) and point-wise updates (each point from itself).
+      bad = [
+        k
+        for k, d in enumerate(f.updates, start=1)
+        if B.self_update(f, d.args, d.value) is None and not B.pointwise_update(f, d.args, d.value)
+      ]
       if bad or (f.updates and f.sched.store):
         raise NotImplementedError(
-          f"compute_at: Func {f.name} has update definitions {bad or ''} that are not "
-          "commutative scatters (f[idx] op= e, op + * max min, e not reading f)"
+          f"compute_at: Func {f.name} has update definitions {bad or ''} that are neither "
+          "commutative scatters (f[idx] op= e, op + * max min, e not reading f) nor point-wise "
+          "(f[pure vars] = e reading f only there)"
           + (" or is stored elsewhere (store_at)" if f.sched.store else "")
           + "; compute it at root"
         )
