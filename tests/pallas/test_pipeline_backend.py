@@ -295,7 +295,8 @@ def test_nd_scatter_into_a_small_dim_is_a_one_hot_kernel_equal_numpy(kind):
 
 
 @pytest.mark.parametrize("kind", ["gpu", "tpu"])
-def test_upsampled_data_dependent_reads_are_in_kernel_equal_numpy(kind):
+@pytest.mark.parametrize("h,w", [(37, 300), (5, 9)])
+def test_upsampled_data_dependent_reads_are_in_kernel_equal_numpy(kind, h, w):
   """``g[(y + 1) // 4 + dy, x // 4 + dx, z(data)]`` (a bilateral-grid slice): 6 planes of 4x4
   upsampled copies would be 16x the grid, so the kernel reads the coarse grid itself: a
   pointer gather on GPU, on TPU one-hot upsampling matmuls per plane and a select. Ragged
@@ -314,7 +315,6 @@ def test_upsampled_data_dependent_reads_are_in_kernel_equal_numpy(kind):
   )
   out.tile(x, y, xo, yo, xi, yi, 128, 16)
   p = Pipeline(out)
-  h, w = 37, 300
   a = _image((h, w), seed=53)
   rep = pb.describe(p, (h, w), input_shapes=[a.shape], target=kind)
   assert [r.how for r in rep.funcs] == ["pallas", "pallas"], str(rep)
@@ -331,7 +331,7 @@ def test_upsampled_data_dependent_reads_are_in_kernel_equal_numpy(kind):
 
   want = gv((yy + 1) // 4, xx // 4 + 1, idx) * 2 + gv((yy + 1) // 4 + 1, xx // 4, idx + 1)
   want += a[np.minimum(yy + 1, h - 1), np.maximum(xx - 3, 0)]
-  assert idx.min() == 0 and idx.max() == 4
+  assert idx.min() == 0 and (idx.max() == 4 or h * w < 100)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
