@@ -290,8 +290,9 @@ class _Coarse:
   """A root buffer read at ``(v + c) // s + c'`` along the consumer's last two dims and at
   constants elsewhere, upsampled inside the kernel instead of by a full-resolution copy.
 
-  The kernel loads the coarse window its block needs and upsamples it with two one-hot matmuls
-  (``U_y @ P @ U_x^T``, f32 at full precision: exact). Used for the planes of a data-dependent
+  On TPU the kernel DMAs the coarse window its block needs and upsamples it with two one-hot
+  matmuls (``U_y @ P @ U_x^T``, f32 at full precision: exact); on GPU the read is a pointer
+  gather of the buffer instead (``_Read.call``). Used for the planes of a data-dependent
   select (the bilateral grid's trilinear slice ``blury[y // 8 + dy, x // 8 + dx, z(data), c]``)
   whose resampled copies would total many times the buffer (``SELECT_GROWTH``). ``maps`` has
   one entry per base dim: ``("rep", s, clamp)`` or ``("const", v)``.
@@ -690,19 +691,23 @@ def _legal_block(
   return b
 
 
-def _default_block(kind: str, exts: list[int]) -> list[int | None]:
+def _default_block(kind: str, exts: list[int], small: bool = False) -> list[int | None]:
+  """``small``: a TPU kernel that upsamples planes in-kernel (``_Coarse``): Mosaic keeps its
+  many plane-sized temporaries in scoped VMEM (the bilateral slice: 19.9 MB at 64x256, over
+  the 16 MB limit; 32x256 compiles)."""
   nd = len(exts)
   out: list[int | None] = [1] * nd
   if kind == "gpu":
     out[-1] = min(_pow2(exts[-1]), 256)
     out[-2] = min(_pow2(exts[-2]), 16)
   else:
-    out[-1] = None if exts[-1] <= 512 else 512
-    out[-2] = None if exts[-2] <= 64 else 64
+    rows, lanes = (32, 256) if small else (64, 512)
+    out[-1] = None if exts[-1] <= lanes else lanes
+    out[-2] = None if exts[-2] <= rows else rows
   return out
 
 
-def _schedule_blocks(fp: L.FuncPlan, kind: str, dtypes) -> tuple:
+def _schedule_blocks(fp: L.FuncPlan, kind: str, dtypes, small: bool = False) -> tuple:
   f = fp.func
   st = f.definitions[0].schedule
   names = [v.name for v in f.args]
@@ -730,7 +735,7 @@ def _schedule_blocks(fp: L.FuncPlan, kind: str, dtypes) -> tuple:
     tile[i] = fac
   default = not outer
   if default:
-    req = _default_block(kind, exts)
+    req = _default_block(kind, exts, small)
     tile = {n: "whole" if b is None else b for n, b in zip(names, req, strict=True)}
   block = _block_rule(f, kind, tile, req, exts, dtypes)
   steps = [-(-e // b) for e, b in zip(exts, block, strict=True)]
@@ -821,7 +826,7 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   ]
   if coarse and any(_coarse_in(reads[id(v)]) for v in values[:-1]):
     raise _Unsupported("a compute_at producer upsamples in-kernel (only the root Func may)")
-  tile, block, grid, default = _schedule_blocks(fp, kind, dtypes)
+  tile, block, grid, default = _schedule_blocks(fp, kind, dtypes, small=bool(coarse))
   k = _Kernel(
     fp,
     values[-1],
@@ -940,6 +945,13 @@ def _plan_row_slide(k: _Kernel, g: ir.Func) -> None:
     return
   if k.block[d] < 2:
     k.slide_note = f"the block along {names[d]!r} is one row: nothing to slide over"
+    return
+  st = row_slide_stats(k, d)
+  if st["computed"] >= st["per_tap"]:
+    k.slide_note = (
+      f"a row loop along {names[d]!r} would compute {st['computed']} producer rows per block, "
+      f"recomputing per tap {st['per_tap']}: no reuse to gain"
+    )
     return
   k.row_slide = (g, d)
 
@@ -1063,16 +1075,17 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
       d = k.slide[1]
       align = 128 if d == nd - 1 else sub
       win[d] = domain[d] + _round_up(int(span[d]), align)
-    wins = _coarse_wins(k, kind, coarse, domain)
+    wins = _coarse_wins(k, coarse, domain)
     return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, tuple(win), wins)
   return _Layout(buf_lo, buf_hi, child_req, origin, scalars, bcast, domain, domain, gathers=gathers)
 
 
-def _coarse_wins(k: _Kernel, kind: str, coarse: dict, domain: tuple[int, ...]) -> dict:
-  """The coarse window of each _Coarse buffer: fine positions ``[b0, b0 + n)`` read at shifts
-  ``[cmin, cmax]`` need coarse rows ``(b0 + cmin) // s`` to ``(b0 + cmax + n - 1) // s``: at
-  most ``(s - 1 + cmax - cmin + n - 1) // s + 1`` of them, whatever ``b0``. Lengths are powers
-  of two of at least 16 on GPU (Triton's loads and dots), (8, 128)-aligned on TPU."""
+def _coarse_wins(k: _Kernel, coarse: dict, domain: tuple[int, ...]) -> dict:
+  """The TPU coarse window of each _Coarse buffer: fine positions ``[b0, b0 + n)`` read at
+  shifts ``[cmin, cmax]`` need coarse rows ``(b0 + cmin) // s`` to ``(b0 + cmax + n - 1) // s``:
+  at most ``(s - 1 + cmax - cmin + n - 1) // s + 1`` of them, whatever ``b0``. A DMA window
+  starts at a multiple of the (8, 128) tile (Mosaic cannot prove a computed offset aligned), so
+  the window also holds up to one tile of slack before the first needed row."""
   nd = k.fp.func.ndim
   region = k.fp.region
   out = {}
@@ -1086,16 +1099,16 @@ def _coarse_wins(k: _Kernel, kind: str, coarse: dict, domain: tuple[int, ...]) -
     )
     cmin, first, length = [], [], []
     for i, d in enumerate((nd - 2, nd - 1)):
-      s, n = factors[i], domain[d]
+      s, n, align = factors[i], domain[d], _COARSE_ALIGN[i]
       need = (s - 1 + int(hi[d] - lo[d]) + n - 1) // s + 1
-      if kind == "gpu":
-        length.append(max(16, _pow2(need)))
-      else:
-        length.append(_round_up(need, 128 if i == 1 else 8))
+      length.append(_round_up(need + align - 1, align))
       cmin.append(int(lo[d]))
       first.append((region[d][0] + cmin[-1]) // s)
     out[key] = _CoarseWin(factors, tuple(cmin), tuple(first), tuple(length))
   return out
+
+
+_COARSE_ALIGN = (8, 128)  # TPU tile of a 2-D f32 window: (sublanes, lanes)
 
 
 def _targets_of(k: _Kernel) -> list[Any]:
@@ -1265,34 +1278,41 @@ class _Eval:
     return self.refs[id(r.target)][tuple(idx)]
 
   def _coarse(self, q: _Coarse, t: tuple[int, ...]) -> Any:
-    """``q`` upsampled over the domain at fine shift ``t``: ``U_y @ P @ U_x^T`` with one-hot
-    ``U[i, j] = (j s <= p_i < (j + 1) s)``, ``p_i`` the fine position (block origin + shift + i)
-    relative to the window's first coarse row times s: no vector division, exact in f32."""
-    key = (id(q), t)
-    if key in self.child_memo:
-      return self.child_memo[key]
+    """``q`` upsampled over the domain at fine shift ``t`` (TPU): ``U_y @ P @ U_x^T`` with
+    one-hot ``U[i, j] = (j s <= p_i < (j + 1) s)``, ``p_i`` the fine position (block origin +
+    shift + i) minus ``s`` times the window's first coarse row: no vector division; f32 dots at
+    full precision, exact for finite values (one nonzero term per output). Non-finite values
+    would turn ``0 * inf`` into NaN, so they are upsampled separately as codes (1 NaN, 2 +inf,
+    3 -inf) and put back with selects."""
+    # Not memoised: planes stay live only inside their select (the bilateral slice has 96 at a
+    # 64x512 block: kept, they overflow VMEM); the matmuls are recomputed instead.
     cw = self.lay.coarse[id(q)]
     nd = len(self.names)
-    if id(q) not in self.windows:  # GPU: one load of the block's coarse window
-      st = _coarse_start(self.block0, cw, nd)
-      win = self.refs[id(q)][tuple(pl.ds(a, n) for a, n in zip(st, cw.length, strict=True))]
-      self.windows[id(q)] = win.astype(jnp.float32)
     p = self.windows[id(q)].astype(jnp.float32)
+    starts = _coarse_start(self.block0, cw, nd)
     mats = []
     for i, d in enumerate((nd - 2, nd - 1)):
       s, n, m = cw.factors[i], self.dom[d], cw.length[i]
-      # fine position minus s * (the window's first coarse row): in [0, s * m)
       a = self.block0[d] + cw.cmin[i]
-      base = a - s * _binop("floordiv", a, s) + (t[d] - cw.cmin[i])
+      # p_i - s * (window's first row) = (p_i - s * (a // s)) + s * (rows of slack)
+      base = a - s * _binop("floordiv", a, s) + (t[d] - cw.cmin[i]) + s * starts[i][1]
       shape, fine = ((n, m), 0) if i == 0 else ((m, n), 1)  # U_y [n, m]; U_x^T [m, n]
       pos = lax.broadcasted_iota(jnp.int32, shape, fine) + base
       lo = lax.broadcasted_iota(jnp.int32, shape, 1 - fine) * s
       mats.append(((pos >= lo) & (pos < lo + s)).astype(jnp.float32))
     hi = lax.Precision.HIGHEST
-    q_up = jnp.dot(p, mats[1], precision=hi, preferred_element_type=jnp.float32)
-    out = jnp.dot(mats[0], q_up, precision=hi, preferred_element_type=jnp.float32)
-    self.child_memo[key] = out.astype(q.dtype)
-    return self.child_memo[key]
+
+    def up(x):
+      x = jnp.dot(x, mats[1], precision=hi, preferred_element_type=jnp.float32)
+      return jnp.dot(mats[0], x, precision=hi, preferred_element_type=jnp.float32)
+
+    finite = jnp.isfinite(p)
+    out = up(jnp.where(finite, p, 0.0))
+    code = up(jnp.where(finite, 0.0, jnp.where(p != p, 1.0, jnp.where(p > 0, 2.0, 3.0))))
+    out = jnp.where(
+      code == 0.0, out, jnp.where(code == 1.0, jnp.nan, jnp.where(code == 2.0, jnp.inf, -jnp.inf))
+    )
+    return out.astype(q.dtype)
 
   def _child(self, g: Any, t: tuple[int, ...]) -> Any:
     v = self.kid_val[id(g)]
@@ -1377,9 +1397,8 @@ def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_d
     for key, win in zip(coarse, scratch[len(bufs) :], strict=True):
       cw = lay.coarse[key]
       st = _coarse_start(block0, cw, len(fr))
-      pltpu.sync_copy(
-        by_id[key].at[tuple(pl.ds(a, n) for a, n in zip(st, cw.length, strict=True))], win
-      )
+      idx = tuple(pl.ds(a, n) for (a, _), n in zip(st, cw.length, strict=True))
+      pltpu.sync_copy(by_id[key].at[idx], win)
       windows[key] = win[...]
   if k.row_slide is not None:
     _row_slide(k, lay, by_id, out_ref, block0)
@@ -1393,18 +1412,28 @@ def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_d
   out_ref[...] = val
 
 
+def _row_windows(k: _Kernel, d: int) -> dict[tuple, tuple[int, int]]:
+  """Per shift of the consumer's reads of its producer with the slid dim ``d`` zeroed, the
+  range of row shifts along ``d`` read at it: each such window is carried separately."""
+  out: dict[tuple, tuple[int, int]] = {}
+  for r in k.reads[id(k.value)].values():
+    if r.kind == "child":
+      o = r.shift[:d] + (0,) + r.shift[d + 1 :]
+      lo, hi = out.get(o, (r.shift[d], r.shift[d]))
+      out[o] = (min(lo, r.shift[d]), max(hi, r.shift[d]))
+  return dict(sorted(out.items()))
+
+
 def _row_slide(k: _Kernel, lay: _Layout, refs: dict, out_ref: Any, block0: list) -> None:
   """The GPU sliding window of ``k.row_slide`` (see _plan_row_slide): a loop over the block's
-  rows along the slid dim ``d``. Step ``i`` computes the producer's row ``i + hi`` at each
-  shift the consumer reads it at across ``d`` (``others``), then the consumer's row ``i`` from
-  the carried rows ``i + lo .. i + hi``, and stores it; rows ``lo .. hi - 1`` are computed
-  before the loop."""
+  rows along the slid dim ``d``. For each window ``o`` (shift across ``d``, rows ``lo .. hi``),
+  step ``i`` computes the producer's row ``i + hi``, then the consumer's row ``i`` from the
+  carried rows ``i + lo .. i + hi`` of every window, and stores it; rows ``lo .. hi - 1`` are
+  computed before the loop."""
   g, d = k.row_slide
   nd = len(block0)
   child = k.children[0][1]
-  taps = {r.shift for r in k.reads[id(k.value)].values() if r.kind == "child"}
-  lo, hi = min(t[d] for t in taps), max(t[d] for t in taps)
-  others = sorted({t[:d] + (0,) + t[d + 1 :] for t in taps})
+  wins = _row_windows(k, d)
   row = tuple(1 if e == d else n for e, n in enumerate(lay.domain))
   row_lay = dataclasses.replace(lay, domain=row, win=row)
 
@@ -1418,18 +1447,22 @@ def _row_slide(k: _Kernel, lay: _Layout, refs: dict, out_ref: Any, block0: list)
     return jnp.broadcast_to(jnp.asarray(out).astype(g.dtype), row)
 
   def body(i, carry):
-    wins = [c + (producer_row(i, o, hi),) for o, c in zip(others, carry, strict=True)]
+    full = [
+      c + (producer_row(i, o, hi),) for (o, (_, hi)), c in zip(wins.items(), carry, strict=True)
+    ]
     ev = ev_at(i)
     ev.rows = {
-      (o, r): w[r - lo] for o, w in zip(others, wins, strict=True) for r in range(lo, hi + 1)
+      (o, r): w[r - lo]
+      for (o, (lo, hi)), w in zip(wins.items(), full, strict=True)
+      for r in range(lo, hi + 1)
     }
     val = jnp.asarray(ev.value(k.value, (0,) * nd)).astype(k.fp.func.dtype)
     out_ref[tuple(pl.ds(i, 1) if e == d else slice(None) for e in range(nd))] = jnp.broadcast_to(
       val, row
     )
-    return tuple(w[1:] for w in wins)
+    return tuple(w[1:] for w in full)
 
-  init = tuple(tuple(producer_row(0, o, r) for r in range(lo, hi)) for o in others)
+  init = tuple(tuple(producer_row(0, o, r) for r in range(lo, hi)) for o, (lo, hi) in wins.items())
   lax.fori_loop(0, k.block[d], body, init)
 
 
@@ -1489,12 +1522,15 @@ def _coarse_operand(q: _Coarse, cw: _CoarseWin, bufs: dict, region, steps, block
   return arr if arr.dtype.itemsize >= 4 else arr.astype(jnp.float32)
 
 
-def _coarse_start(block0, cw: _CoarseWin, nd: int) -> list[Any]:
-  """Per kept dim, the first coarse row of this block's window, relative to the operand."""
-  return [
-    _binop("floordiv", block0[d] + cw.cmin[i], cw.factors[i]) - cw.first[i]
-    for i, d in enumerate((nd - 2, nd - 1))
-  ]
+def _coarse_start(block0, cw: _CoarseWin, nd: int) -> list[tuple[Any, Any]]:
+  """Per kept dim, this block's window start in the coarse operand (rounded down to the
+  (8, 128) tile) and the first needed row's offset inside the window."""
+  out = []
+  for i, d in enumerate((nd - 2, nd - 1)):
+    need = _binop("floordiv", block0[d] + cw.cmin[i], cw.factors[i]) - cw.first[i]  # >= 0
+    start = _binop("floordiv", need, _COARSE_ALIGN[i]) * _COARSE_ALIGN[i]
+    out.append((pl.multiple_of(start, _COARSE_ALIGN[i]), need - start))
+  return out
 
 
 def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_warps):
@@ -2222,14 +2258,15 @@ def slide_stats(k: _Kernel) -> dict[str, int]:
   }
 
 
-def row_slide_stats(k: _Kernel) -> dict[str, int]:
-  """Producer rows per block of a GPU row-slide kernel ``k``, and per-tap recompute's count."""
-  _, d = k.row_slide
-  taps = {r.shift for r in k.reads[id(k.value)].values() if r.kind == "child"}
-  others = {t[:d] + (0,) + t[d + 1 :] for t in taps}
-  halo = max(t[d] for t in taps) - min(t[d] for t in taps)
+def row_slide_stats(k: _Kernel, d: int | None = None) -> dict[str, int]:
+  """Producer rows per block of a GPU row slide along ``d`` (default: ``k.row_slide``'s), and
+  the count recomputing the producer per tap would take."""
+  d = k.row_slide[1] if d is None else d
+  wins = _row_windows(k, d)
   n = k.block[d]
-  return {"dim": d, "rows": n, "computed": len(others) * (n + halo), "per_tap": len(taps) * n}
+  taps = {r.shift for r in k.reads[id(k.value)].values() if r.kind == "child"}
+  computed = sum(n + hi - lo for lo, hi in wins.values())
+  return {"dim": d, "rows": n, "computed": computed, "per_tap": len(taps) * n}
 
 
 def describe(
