@@ -325,7 +325,7 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
             for a in apps_}
   rows = []
   curves_all = {}
-  learned = {"random", "grid", "ga"}
+  baselines = {"random", "grid", "ga"}
   for app in apps_:
     table = tables[app]
     best = min(table.values())
@@ -334,7 +334,7 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
     budget = min(trials, len(table))
 
     def run(method, seed, *, loop_nest, prior=None, app=app, table=table, budget=budget):
-      kw = {} if method in learned else {"tuner_kwargs": {"min_fit": min_fit}}
+      kw = {} if method in baselines else {"tuner_kwargs": {"min_fit": min_fit}}
       if prior is not None:
         kw["tuner_kwargs"]["prior"] = prior
       with tempfile.TemporaryDirectory() as d:

@@ -399,17 +399,18 @@ def refs(e: ir.Expr, target: Any) -> bool:
   return any(isinstance(n, ir.Call) and n.target is target for n in ir.walk(e))
 
 
-def pointwise_update(f: Any, args: tuple[ir.Expr, ...], value: ir.Expr) -> bool:
-  """``f[v0, v1, ..] = e`` with the left side exactly ``f``'s pure vars and ``e`` reading ``f``
-  only at that same point: each point is updated from itself, so any sub-region (a tile) is
-  updated exactly as the whole Func would be."""
+def pointwise_update(f: Any, args: tuple[ir.Expr, ...], value: ir.Expr, *more: ir.Expr) -> bool:
+  """``f[v0, v1, ..] = e`` with the left side exactly ``f``'s pure vars and ``e`` (and ``more``:
+  an RDom's ``where`` predicates) reading ``f`` only at that same point: each point is updated
+  from itself, so any sub-region (a tile) is updated exactly as the whole Func would be."""
   if len(args) != len(f.args) or not all(
     isinstance(a, ir.Var) and a.name == v.name for a, v in zip(args, f.args, strict=True)
   ):
     return False
   return all(
     all(same(x, y) for x, y in zip(n.args, args, strict=True))
-    for n in ir.walk(value)
+    for e in (value, *more)
+    for n in ir.walk(e)
     if isinstance(n, ir.Call) and n.target is f
   )
 

@@ -616,13 +616,8 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
     if comp[0] == "at":
       if f.extern is not None:
         raise NotImplementedError(f"compute_at: Func {f.name} is extern; compute it at root")
-      # Tile-local updates: commutative scatters (writes outside the tile's window are dropped,
-      # each point sums its own contributions) and point-wise updates (each point from itself).
-      bad = [
-        k
-        for k, d in enumerate(f.updates, start=1)
-        if B.self_update(f, d.args, d.value) is None and not B.pointwise_update(f, d.args, d.value)
-      ]
+
+      bad = [k for k, d in enumerate(f.updates, start=1) if not _tile_local(f, d)]
       if bad or (f.updates and f.sched.store):
         raise NotImplementedError(
           f"compute_at: Func {f.name} has update definitions {bad or ''} that are neither "
@@ -641,6 +636,17 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
           f"compute_at: Func {f.name} is computed at Func {comp[1].name} but also used by "
           f"{others}; compute it at root instead"
         )
+
+
+def _tile_local(f: ir.Func, d: ir.Definition) -> bool:
+  """Whether update ``d`` of ``f`` gives the same values on any sub-region (a tile) as on the
+  whole Func: a commutative scatter (writes outside the tile's window are dropped, each point
+  sums its own contributions) or a point-wise update (each point from itself)."""
+  preds = d.rdom.predicates if d.rdom is not None else []
+  if B.pointwise_update(f, d.args, d.value, *preds):
+    return True
+  # a scatter whose RDom.where reads f would depend on the order and on other points
+  return B.self_update(f, d.args, d.value) is not None and not any(B.refs(p, f) for p in preds)
 
 
 def _dim_loops(stage_sched, f: ir.Func) -> dict[str, tuple[str, str | None, int]]:

@@ -22,10 +22,8 @@ _KERNEL_FNS = {"matmul": "matmul", "depthwise_conv2d": "depthwise_conv2d",
 
 
 def _model_kwargs(args: Any) -> dict[str, Any]:
-  """Cost-model tuner options from the command line (none for the baselines)."""
-  if args.min_fit is None or args.method not in ("xgb", "mlp", "treegru"):
-    return {}
-  return {"min_fit": args.min_fit}
+  """Cost-model tuner options from the command line (``run`` checked them)."""
+  return {} if args.min_fit is None else {"min_fit": args.min_fit}
 
 def _shape(text: str) -> tuple[int, ...]:
   try:
@@ -85,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
     return _fail(f"unknown --method {args.method!r}; valid: {list(search.METHODS)}")
   if args.trials < 1:
     return _fail(f"--trials={args.trials} must be >= 1")
+  if args.min_fit is not None and args.method not in ("xgb", "mlp", "treegru"):
+    return _fail(f"--min-fit applies to the cost-model methods (xgb, mlp, treegru), not "
+                 f"--method {args.method}")
+  if args.min_fit is not None and args.min_fit < 2:
+    return _fail(f"--min-fit={args.min_fit} must be >= 2 (a ranking model needs two "
+                 "measurements)")
   from jaxsched.pallas import config as kconfig
 
   kernels = sorted(kconfig.OPS) if kconfig.OPS else sorted(_KERNEL_FNS)

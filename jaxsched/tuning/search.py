@@ -455,8 +455,8 @@ class ModelTuner(Tuner):
     super().__init__(task, seed=seed)
     if not 0.0 <= epsilon <= 1.0:
       raise ValueError(f"{epsilon=} must be in [0, 1]")
-    if min_fit < 1:
-      raise ValueError(f"{min_fit=} must be >= 1 (measurements before the model is used)")
+    if min_fit < 2:
+      raise ValueError(f"{min_fit=} must be >= 2 (a ranking model needs two measurements)")
     kwargs = dict(model_kwargs or {})
     if isinstance(model, str):
       name = model

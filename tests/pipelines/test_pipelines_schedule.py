@@ -330,3 +330,21 @@ def test_compute_at_a_func_with_pointwise_updates(backend):
   yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
   want = fv(yy, xx) + fv(yy + 1, xx - 1)
   np.testing.assert_allclose(_run(out, backend, data), want, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_at_rejects_updates_whose_where_reads_other_points():
+  """An RDom.where predicate reading the Func at a neighbour makes the update depend on points
+  outside the tile (and on order): compute_at raises, naming the update."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x, yo, yi = pl.Var("y"), pl.Var("x"), pl.Var("yo"), pl.Var("yi")
+  r = pl.RDom((0, 2), name="r")
+  f, out = pl.Func("f"), pl.Func("out")
+  f[y, x] = img[y, x]
+  r.where(f[y, x + 1] > 0.5)
+  f[y, x] = f[y, x] + 1.0 * pl.cast(jnp.float32, r.x)
+  out[y, x] = f[y, x] * 2.0
+  out.split(y, yo, yi, 4)
+  f.compute_at(out, yo)
+  data = np.random.default_rng(12).random((9, 7), dtype=np.float32)
+  with pytest.raises(NotImplementedError, match=r"Func f has update definitions \[1\]"):
+    pl.Pipeline(out).compile()(data, output_shape=(9, 6))

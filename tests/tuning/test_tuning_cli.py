@@ -46,7 +46,8 @@ def test_tune_blur_random_records_resumes_and_plots(tmp_path, capsys):
   (["blur", "--shape", "64,64", "--method", "annealing"], ["annealing", "xgb", "treegru", "ga"]),
   (["blur", "--shape", "64,64,3"], ["H,W"]),
   (["blur", "--shape", "64,64", "--trials", "0"], ["--trials=0"]),
-  (["blur", "--shape", "64,64", "--method", "xgb", "--min-fit", "0"], ["min_fit=0", ">= 1"]),
+  (["blur", "--shape", "64,64", "--method", "xgb", "--min-fit", "1"], ["--min-fit=1", ">= 2"]),
+  (["blur", "--shape", "64,64", "--method", "random", "--min-fit", "3"], ["--min-fit", "random"]),
   (["matmul", "--shape", "64,64", "--shape", "64,64"], ["interpret", "h100"]),
   (["matmul", "--shape", "64,64", "--shape", "32,64", "--target", "h100"], ["64"]),
 ])

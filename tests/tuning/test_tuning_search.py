@@ -243,3 +243,10 @@ def test_model_batches_rank_every_valid_point_of_a_small_space():
   batch = tuner.next_batch(3)
   want = [i for _, i in valid if i not in seen][:3]
   assert sorted(int(space.knobs_to_index(k)) for k in batch) == sorted(want)
+
+
+def test_model_tuner_rejects_min_fit_below_two():
+  from jaxsched.tuning.search import ModelTuner
+
+  with pytest.raises(ValueError, match=r"min_fit=1 must be >= 2"):
+    ModelTuner(_task(), "mlp", min_fit=1)
