@@ -58,12 +58,12 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   definition (initial values) is evaluated by XLA. Reads in an update must be windows
   (``inp[r.y + c, r.x + c']``, the RVars in the RDom's order, or constants).
 * A scatter-add into an N-D Func whose indices are its own pure vars except one small
-  data-dependent dim (the bilateral grid's splat ``hist[gy, gx, z(r), c] += v(r)``, <= 64
+  data-dependent dim (the bilateral grid's splat ``hist[c, z(r), gy, gx] += v(r)``, <= 64
   RDom points, <= 64 values along ``z``) is rewritten as a pure definition, ``init + sum_r
   select(z(r) == z, v(r), 0)``, and becomes an ordinary kernel: each output block sums its own
   RDom points (no scatter, no atomics); its strided reads are resampled copies.
 * A data-dependent read of a buffer upsampled along the consumer's last two dims (the bilateral
-  grid's slice ``blury[y // 8 + dy, x // 8 + dx, z(data), c]``), whose plane copies would be
+  grid's slice ``blury[c, z(data), y // 8 + dy, x // 8 + dx]``), whose plane copies would be
   too large, reads the coarse buffer itself (see ``_Coarse``): a pointer gather on GPU (Triton
   loads take index tensors), one-hot upsampling matmuls per plane and a select on TPU.
 
@@ -293,7 +293,7 @@ class _Coarse:
   On TPU the kernel DMAs the coarse window its block needs and upsamples it with two one-hot
   matmuls (``U_y @ P @ U_x^T``, f32 at full precision: exact); on GPU the read is a pointer
   gather of the buffer instead (``_Read.call``). Used for the planes of a data-dependent
-  select (the bilateral grid's trilinear slice ``blury[y // 8 + dy, x // 8 + dx, z(data), c]``)
+  select (the bilateral grid's trilinear slice ``blury[c, z(data), y // 8 + dy, x // 8 + dx]``)
   whose resampled copies would total many times the buffer (``SELECT_GROWTH``). ``maps`` has
   one entry per base dim: ``("rep", s, clamp)`` or ``("const", v)``.
   """
@@ -1671,7 +1671,7 @@ ONEHOT_BINS = 64  # values of the data-dependent dim of an N-D scatter done as a
 
 def _onehot_update(fp: L.FuncPlan) -> ir.Expr | None:
   """An N-D Func whose one update is a scatter-add ``f[.., idx(r, ..), ..] += e(r, ..)`` with
-  every other index its own pure var (the bilateral grid's splat ``hist[gy, gx, z(r), c]``),
+  every other index its own pure var (the bilateral grid's splat ``hist[c, z(r), gy, gx]``),
   a small static RDom and few values along the scattered dim, as one pure definition:
   ``init + sum_r select(idx(r) == v, e(r), 0)``. The kernel then computes each output block
   from its own inputs (a one-hot sum per point: no atomics, no scatter), and out-of-range
@@ -2448,15 +2448,13 @@ def _tile_funcs(
   return sched
 
 
-def _grid_tiles(names: Sequence[str], tz: int, tgy: int | None = None) -> Callable[[Any], None]:
+def _grid_tiles(names: Sequence[str], tgy: int) -> Callable[[Any], None]:
   def sched(g: Any) -> None:
     v = g.vars
     for n in names:
-      f = g.funcs[n].compute_root().split(v["z"], "zo", "zi", tz)
-      if tgy is not None:
-        f.split(v["gy"], "gyo", "gyi", tgy)
+      g.funcs[n].compute_root().split(v["gy"], "gyo", "gyi", tgy)
 
-  sched.__doc__ = f"Grid blurs {list(names)} as kernels, blocks of {tz} z-bins ({tgy} rows)."
+  sched.__doc__ = f"Grid blurs {list(names)} as kernels, blocks of {tgy} grid rows x all columns."
   return sched
 
 
@@ -2504,8 +2502,8 @@ PALLAS_SCHEDULES.update(
     "bilateral_grid": (
       {
         "root": _roots(["blurz", "blurx", "blury"]),
-        "tiled": _grid_tiles(["blurz", "blurx", "blury"], 8),
-        "tiled_small": _grid_tiles(["blurz", "blurx", "blury"], 8, 4),
+        "tiled": _grid_tiles(["blurz", "blurx", "blury"], 32),
+        "tiled_small": _grid_tiles(["blurz", "blurx", "blury"], 16),
       },
       "tiled",
     ),

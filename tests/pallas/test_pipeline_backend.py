@@ -132,7 +132,7 @@ def test_root_schedule_is_two_kernels_and_equals_xla():
     # kernels reading resampled copies; the curve (a 1-D table) is a 1-D kernel.
     ("camera_pipe", "tpu", {}, set()),
     ("camera_pipe", "gpu", {}, set()),
-    # The splat hist[gy, gx, z(r), c] += ... is a kernel (a one-hot sum over its 8x8 RDom per
+    # The splat hist[c, z(r), gy, gx] += ... is a kernel (a one-hot sum over its 8x8 RDom per
     # grid cell, reading stride-8 phase copies of the input); the trilinear slice gathers the
     # grid on GPU and upsamples its planes with one-hot matmuls on TPU.
     ("bilateral_grid", "gpu", {}, set()),

@@ -31,30 +31,33 @@ def build(*, s_sigma: int = 8, r_sigma: float = 0.1) -> AppGraph:
   half = s_sigma // 2
   val = ir.clamp(clamped[gy * s_sigma + r.y - half, gx * s_sigma + r.x - half], 0.0, 1.0)
   zi = ir.cast(jnp.int32, val * (1.0 / r_sigma) + 0.5)
-  hist = ir.Func("histogram")  # [gy, gx, z, c]: c=0 sums intensities, c=1 counts
-  hist[gy, gx, z, c] = 0.0
-  hist[gy, gx, zi, c] += ir.select(c == 0, val, 1.0)
+  # The grid is [c, z, gy, gx] (c=0 sums intensities, c=1 counts): gx minor, as Halide stores
+  # its histogram(x, y, z, c) with x innermost. A 2-wide minor c would cost 64x the bytes on TPU
+  # (XLA tiles the two minor dims of an array by (8, 128)).
+  hist = ir.Func("histogram")
+  hist[c, z, gy, gx] = 0.0
+  hist[c, zi, gy, gx] += ir.select(c == 0, val, 1.0)
   blurz, blurx, blury = ir.Func("blurz"), ir.Func("blurx"), ir.Func("blury")
-  blurz[gy, gx, z, c] = (
-    hist[gy, gx, z - 2, c]
-    + 4 * hist[gy, gx, z - 1, c]
-    + 6 * hist[gy, gx, z, c]
-    + 4 * hist[gy, gx, z + 1, c]
-    + hist[gy, gx, z + 2, c]
+  blurz[c, z, gy, gx] = (
+    hist[c, z - 2, gy, gx]
+    + 4 * hist[c, z - 1, gy, gx]
+    + 6 * hist[c, z, gy, gx]
+    + 4 * hist[c, z + 1, gy, gx]
+    + hist[c, z + 2, gy, gx]
   )
-  blurx[gy, gx, z, c] = (
-    blurz[gy, gx - 2, z, c]
-    + 4 * blurz[gy, gx - 1, z, c]
-    + 6 * blurz[gy, gx, z, c]
-    + 4 * blurz[gy, gx + 1, z, c]
-    + blurz[gy, gx + 2, z, c]
+  blurx[c, z, gy, gx] = (
+    blurz[c, z, gy, gx - 2]
+    + 4 * blurz[c, z, gy, gx - 1]
+    + 6 * blurz[c, z, gy, gx]
+    + 4 * blurz[c, z, gy, gx + 1]
+    + blurz[c, z, gy, gx + 2]
   )
-  blury[gy, gx, z, c] = (
-    blurx[gy - 2, gx, z, c]
-    + 4 * blurx[gy - 1, gx, z, c]
-    + 6 * blurx[gy, gx, z, c]
-    + 4 * blurx[gy + 1, gx, z, c]
-    + blurx[gy + 2, gx, z, c]
+  blury[c, z, gy, gx] = (
+    blurx[c, z, gy - 2, gx]
+    + 4 * blurx[c, z, gy - 1, gx]
+    + 6 * blurx[c, z, gy, gx]
+    + 4 * blurx[c, z, gy + 1, gx]
+    + blurx[c, z, gy + 2, gx]
   )
   v = ir.clamp(inp[y, x], 0.0, 1.0)
   zv = v * (1.0 / r_sigma)
@@ -66,7 +69,7 @@ def build(*, s_sigma: int = 8, r_sigma: float = 0.1) -> AppGraph:
   interp = ir.Func("interpolated")
 
   def g(dy, dx, dz):
-    return blury[yi + dy, xi + dx, zint + dz, c]
+    return blury[c, zint + dz, yi + dy, xi + dx]
 
   interp[y, x, c] = _lerp(
     _lerp(_lerp(g(0, 0, 0), g(0, 1, 0), xf), _lerp(g(1, 0, 0), g(1, 1, 0), xf), yf),
