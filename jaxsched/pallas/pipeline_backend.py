@@ -891,8 +891,7 @@ def _plan_slide(k: _Kernel, kind: str) -> None:
   if any(r.kind not in ("buf", "scalar") for r in rd.values()):
     k.slide_note = f"producer {g.name} reads another producer or a LUT"
     return
-  shifts = [r.shift[d] for r in k.reads[id(k.value)].values() if r.kind == "child"]
-  if not shifts or max(shifts) == min(shifts):
+  if _no_halo(k, d):
     k.slide_note = f"the consumer has no halo along {names[d]!r}: nothing to reuse"
     return
   axis = len(k.grid) - 1
@@ -903,6 +902,12 @@ def _plan_slide(k: _Kernel, kind: str) -> None:
     )
   k.grid[axis] = (d, k.grid[axis][1], "arbitrary")
   k.slide = (g, d, axis)
+
+
+def _no_halo(k: _Kernel, d: int) -> bool:
+  """Whether the consumer reads its producer at a single shift along dim ``d``."""
+  shifts = {r.shift[d] for r in k.reads[id(k.value)].values() if r.kind == "child"}
+  return len(shifts) < 2
 
 
 def _slid_dim(fp: L.FuncPlan, g: ir.Func) -> tuple[int | None, str | None]:
@@ -939,8 +944,7 @@ def _plan_row_slide(k: _Kernel, g: ir.Func) -> None:
   if any(r.kind == "child" for r in k.reads[id(v)].values()):
     k.slide_note = f"producer {g.name} reads another producer"
     return
-  shifts = [r.shift[d] for r in k.reads[id(k.value)].values() if r.kind == "child"]
-  if not shifts or max(shifts) == min(shifts):
+  if _no_halo(k, d):
     k.slide_note = f"the consumer has no halo along {names[d]!r}: nothing to reuse"
     return
   if k.block[d] < 2:

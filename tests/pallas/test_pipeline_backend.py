@@ -878,28 +878,28 @@ def test_carried_sliding_window_under_vmap():
     np.testing.assert_allclose(got[b], _blur_np(batch[b]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("ty,tx", [(8, None), (16, 128)])
-def test_gpu_row_slide_compiles_deviceless(ty, tx):
-  if "h100" not in targets.available_targets():
-    pytest.skip("compiler plugin for h100 not installed")
+@pytest.mark.parametrize(
+  "tgt,ty,tx",
+  [
+    ("h100", 8, None),
+    ("h100", 16, 128),
+    ("tpu-v5e", 8, None),
+    ("tpu-v5e", 16, 128),
+    ("tpu-v5e", 8, 128),
+  ],
+)
+def test_carried_sliding_window_compiles_deviceless(tgt, ty, tx):
+  """TPU: the carried VMEM window; GPU: the row loop inside each block."""
+  if tgt not in targets.available_targets():
+    pytest.skip(f"compiler plugin for {tgt} not installed")
+  kind = targets.get_target(tgt).kind
   g = _blur_graph(_carried(ty, tx))
-  fn = g.compile("pallas", target="gpu")
+  fn = g.compile("pallas", target=kind)
   spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
-  assert "inside each block" in str(pb.describe(g.pipeline, (64, 256), target="gpu"))
-  text = targets.compile_for(lambda a: fn(a), spec, target="h100").as_text()
-  assert "__gpu$xla.gpu.triton" in text.lower()
-
-
-@pytest.mark.parametrize("ty,tx", [(8, None), (16, 128), (8, 128)])
-def test_carried_sliding_window_compiles_deviceless(ty, tx):
-  if "tpu-v5e" not in targets.available_targets():
-    pytest.skip("compiler plugin for tpu-v5e not installed")
-  g = _blur_graph(_carried(ty, tx))
-  fn = g.compile("pallas", target="tpu")
-  spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
-  assert "carried VMEM window" in str(pb.describe(g.pipeline, (64, 256), target="tpu"))
-  text = targets.compile_for(lambda a: fn(a), spec, target="tpu-v5e").as_text()
-  assert "tpu_custom_call" in text
+  how = "carried VMEM window" if kind == "tpu" else "inside each block"
+  assert how in str(pb.describe(g.pipeline, (64, 256), target=kind))
+  text = targets.compile_for(lambda a: fn(a), spec, target=tgt).as_text()
+  assert ("tpu_custom_call" in text) if kind == "tpu" else ("__gpu$xla.gpu.triton" in text.lower())
 
 
 def _dimension_semantics(fn, shape):
