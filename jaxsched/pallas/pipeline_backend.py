@@ -246,6 +246,8 @@ class _Read:
   # "select" of _Coarse planes: the read itself, a pointer gather on GPU (Triton loads take
   # index tensors; the planes' one-hot matmuls are for Mosaic, which has no vector gather).
   call: ir.Call | None = None
+  box: tuple = ()  # with ``call``: the buffer's region per dim, (min, max), which the GPU gather
+  # clamps its indices to
 
 
 class _Derived:
@@ -579,7 +581,8 @@ def _classify_select(c: ir.Call, j: int, names: list[str], bounds, derived: dict
       ]
     except _Unsupported as e:
       raise _Unsupported(f"{why}; upsampling them in-kernel: {e}") from None
-    return _Read("select", t, expr=c.args[j], index=lo, planes=tuple(planes), call=c)
+    box = tuple(bounds[id(t)])
+    return _Read("select", t, expr=c.args[j], index=lo, planes=tuple(planes), call=c, box=box)
   return _Read("select", t, expr=c.args[j], index=lo, planes=tuple(planes))
 
 
@@ -986,9 +989,7 @@ class _Layout:
   domain: tuple[int, ...]  # evaluation shape (GPU: the block; TPU: the aligned window)
   win: tuple[int, ...] = ()  # TPU input window shape (domain, + the input halo when sliding)
   coarse: dict[int, _CoarseWin] = dataclasses.field(default_factory=dict)
-  gathers: dict[int, Any] = dataclasses.field(default_factory=dict)  # GPU: id -> buffer
-  # GPU gathers, filled when the operands are prepared: id -> the operand's (mins, shape)
-  gather_box: dict[int, tuple] = dataclasses.field(default_factory=dict)
+  gathers: dict[int, tuple] = dataclasses.field(default_factory=dict)  # GPU: id -> region box
 
 
 def _layout(k: _Kernel, kind: str) -> _Layout:
@@ -1018,7 +1019,7 @@ def _layout(k: _Kernel, kind: str) -> _Layout:
         scalars[id(r.target)] = r.target
         continue
       if r.call is not None and kind == "gpu":
-        gathers[id(r.target)] = r.target
+        gathers[id(r.target)] = r.box
         continue
       for pr in r.planes:  # "select": every plane is read at this point
         t = tuple(a + b for a, b in zip(s, pr.shift, strict=True))
@@ -1274,11 +1275,10 @@ class _Eval:
     """``buf[idx_0, .., idx_k]`` as one Triton pointer gather, each index evaluated over the
     block and clamped to the buffer (as XLA's gather clamps; bounds inference keeps in-range
     reads in range)."""
-    amin, shape = self.lay.gather_box[id(r.target)]
     idx = []
-    for a, lo, n in zip(r.call.args, amin, shape, strict=True):
+    for a, (lo, hi) in zip(r.call.args, r.box, strict=True):
       i = jnp.asarray(self.ev(a, s)).astype(jnp.int32)
-      idx.append(jnp.broadcast_to(jnp.clip(i - lo, 0, n - 1), self.dom))
+      idx.append(jnp.broadcast_to(jnp.clip(i, lo, hi) - lo, self.dom))
     return self.refs[id(r.target)][tuple(idx)]
 
   def _coarse(self, q: _Coarse, t: tuple[int, ...]) -> Any:
@@ -1580,10 +1580,9 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
     in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
     if kind == "tpu":
       scratch.append(pltpu.VMEM(lay.win, arr.dtype))
-  for key in lay.gathers:
+  for key, box in lay.gathers.items():
     arr, amin = bufs[key]
-    lay.gather_box[key] = (tuple(amin), arr.shape)
-    args.append(arr)
+    args.append(_prepare(arr, amin, [lo for lo, _ in box], [hi - lo + 1 for lo, hi in box]))
     order.append((key, "gather"))
     in_specs.append(pl.BlockSpec(memory_space=pl.ANY))
   for key, cw in lay.coarse.items():
