@@ -514,6 +514,7 @@ def plan(
         for i, iv in enumerate(own):
           if not isinstance(st.args[i], ir.Var) and np.isfinite(iv[0]) and np.isfinite(iv[1]):
             req[i] = B.hull(req[i], iv)
+    _check_self_reads(f, fp.stages, req, names)
     for name, (bmin, bext) in f.sched.bounds.items():
       i = names.index(name)
       lo, hi = req[i]
@@ -541,6 +542,26 @@ def plan(
     if any(fplans[id(ch.func)].level == "at" for ch in consumers_of_at(fp, order)):
       fp.group = _tile_plan(fp, order, fplans, consumers, regions)
   return Plan(outputs, images, params, order, fplans, inlined, out_ids)
+
+
+def _check_self_reads(f: ir.Func, stages: list[Stage], req, names) -> None:
+  """An update reading ``f`` along a pure dim beyond the region the update covers (``f[y, x]
+  = .. f[y, x + 1] ..`` at the region's last column) would need the pure definition over a larger
+  region than the update (Halide's per-stage bounds); every stage here covers one region."""
+  for k, st in enumerate(stages[1:], start=1):
+    env = _stage_env(st, f, [r[0] for r in req], [r[1] for r in req])
+    own = B.footprint([st.value], f, env)
+    for i, iv in enumerate(own or []):
+      if not isinstance(st.args[i], ir.Var):
+        continue
+      lo, hi = req[i]
+      if np.min(iv[0]) < lo or np.max(iv[1]) > hi:
+        raise NotImplementedError(
+          f"update {k} of Func {f.name} reads {f.name} in dim {i} ({names[i]}) over "
+          f"{_fmt_range(iv)}, outside the region [{_num(lo)}, {_num(hi)}] the update computes; "
+          "every stage of a Func is evaluated over one region, so read the Func only inside it "
+          f"(e.g. clamp the index) or compute the values it reads in another Func"
+        )
 
 
 def consumers_of_at(fp: FuncPlan, order: list[FuncPlan]) -> list[FuncPlan]:
@@ -617,14 +638,10 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
       if f.extern is not None:
         raise NotImplementedError(f"compute_at: Func {f.name} is extern; compute it at root")
 
-      bad = [k for k, d in enumerate(f.updates, start=1) if not _tile_local(f, d)]
-      if bad or (f.updates and f.sched.store):
+      if f.updates and f.sched.store:
         raise NotImplementedError(
-          f"compute_at: Func {f.name} has update definitions {bad or ''} that are neither "
-          "commutative scatters (f[idx] op= e, op + * max min, e not reading f) nor point-wise "
-          "(f[pure vars] = e reading f only there)"
-          + (" or is stored elsewhere (store_at)" if f.sched.store else "")
-          + "; compute it at root"
+          f"compute_at: Func {f.name} has update definitions and is stored elsewhere "
+          f"(store_at); drop the store_at or compute it at root"
         )
       others = [
         c.func.name
@@ -647,6 +664,24 @@ def _tile_local(f: ir.Func, d: ir.Definition) -> bool:
     return True
   # a scatter whose RDom.where reads f would depend on the order and on other points
   return B.self_update(f, d.args, d.value) is not None and not any(B.refs(p, f) for p in preds)
+
+
+def whole_dims(f: ir.Func) -> tuple[int, ...]:
+  """Dims of ``f`` that a per-tile evaluation must cover whole (as Halide does when a Func with
+  a scan is computed at a tile): those of updates that are not tile-local where the update's
+  left-hand side is not that dim's own pure var, or where it reads ``f`` at another index
+  (``f[y, r] = f[y, r - 1] + ...`` is whole along x, per tile along y)."""
+  out: set[int] = set()
+  for d in f.updates:
+    if _tile_local(f, d):
+      continue
+    exprs = [d.value, *(d.rdom.predicates if d.rdom is not None else [])]
+    reads = [n for e in exprs for n in ir.walk(e) if isinstance(n, ir.Call) and n.target is f]
+    for k, (a, v) in enumerate(zip(d.args, f.args, strict=True)):
+      own = isinstance(a, ir.Var) and a.name == v.name
+      if not own or any(not B.same(n.args[k], a) for n in reads):
+        out.add(k)
+  return tuple(sorted(out))
 
 
 def _dim_loops(stage_sched, f: ir.Func) -> dict[str, tuple[str, str | None, int]]:
@@ -783,6 +818,9 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
     hi = [np.broadcast_to(r[1], (a_n, b_n)).astype(np.int64) for r in req]
     glo = [g[0] for g in kp.region]
     ghi = [g[0] + g[1] - 1 for g in kp.region]
+    for d in whole_dims(kp.func):  # a scan: every tile computes the whole dim (as Halide)
+      lo[d] = np.full((a_n, b_n), glo[d], np.int64)
+      hi[d] = np.full((a_n, b_n), ghi[d], np.int64)
     greg[id(kp.func)] = ([x.astype(np.float64) for x in lo], [x.astype(np.float64) for x in hi])
     store = kp.func.sched.store
     stored_outer = bool(store) and (store[0] == "root" or store[2] != vc) and b_n > 1

@@ -6,6 +6,7 @@ import pytest
 
 import jaxsched.pipelines as pl
 from jaxsched.pipelines import apps
+from jaxsched.pipelines.lower import whole_dims
 
 
 def _three_stage():
@@ -286,16 +287,48 @@ def test_compute_at_a_func_with_scatter_updates(backend):
   hist = np.bincount(bins.ravel(), minlength=8)
   np.testing.assert_allclose(_run(out, backend, data), data * hist[bins], rtol=1e-6)
 
-  g, out2 = pl.Func("g"), pl.Func("out2")
-  g[i] = pl.cast(jnp.float32, i)
-  q = pl.RDom((1, 7), name="q")
-  g[q.x] = g[q.x - 1] * 2.0  # order-dependent: not a scatter
-  out2[y, x] = img[y, x] + g[pl.clamp(pl.cast(jnp.int32, img[y, x] * 8.0), 0, 7)]
-  yo2, yi2 = pl.Var("yo2"), pl.Var("yi2")
-  out2.split(y, yo2, yi2, 4)
-  g.compute_at(out2, yo2)
-  with pytest.raises(NotImplementedError, match=r"Func g has update definitions \[1\] that are"):
-    pl.Pipeline(out2).compile()(data)
+
+@pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
+def test_compute_at_a_func_with_scans(backend):
+  """Order-dependent updates (a serial scan down the rows, a prefix sum along them, and a
+  1-D recurrence) computed at a tile of their consumer: as in Halide, each tile computes the
+  scanned dims whole (here both dims of ``g``; ``f`` only along x, per tile along y)."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x, i = pl.Var("y"), pl.Var("x"), pl.Var("i")
+  h, w = 11, 9
+  c = pl.boundary.repeat_edge(img)
+  q, s = pl.RDom((1, h - 1), name="q"), pl.RDom((1, w - 1), name="s")
+  g, f, t, out = pl.Func("g"), pl.Func("f"), pl.Func("t"), pl.Func("out")
+  g[y, x] = pl.sin(c[y, x])
+  g[q.x, x] = g[q.x - 1, x] * 0.5 + g[q.x, x]  # not an add of g: the serial path
+  g[y, s.x] = g[y, s.x - 1] + g[y, s.x]  # a prefix sum
+  f[y, x] = c[y, x]
+  f[y, s.x] = f[y, s.x - 1] * 0.75 + f[y, s.x]
+  t[i] = pl.cast(jnp.float32, i)
+  k = pl.RDom((1, 7), name="k")
+  t[k.x] = t[k.x - 1] * 2.0 - t[k.x]
+  idx = pl.clamp(pl.cast(jnp.int32, img[y, x] * 8.0), 0, 7)
+  out[y, x] = g[y, x] + g[y, x - 1] + f[y + 1, x] + t[idx]
+  xo, _ = _tile(out, x, y, backend)
+  for fn in (g, f, t):
+    fn.compute_at(out, xo)
+  data = np.random.default_rng(14).random((h, w), dtype=np.float32)
+  d = data.astype(np.float64)
+  gg = np.sin(d)
+  for r in range(1, h):
+    gg[r] = gg[r - 1] * 0.5 + gg[r]
+  gg = np.cumsum(gg, axis=1)
+  ff = d.copy()
+  for r in range(1, w):
+    ff[:, r] = ff[:, r - 1] * 0.75 + ff[:, r]
+  tt = np.arange(8, dtype=np.float64)
+  for r in range(1, 8):
+    tt[r] = tt[r - 1] * 2.0 - tt[r]
+  xm = np.clip(np.arange(w) - 1, 0, None)
+  yp = np.clip(np.arange(h) + 1, None, h - 1)
+  want = gg + gg[:, xm] + ff[yp] + tt[np.clip((data * np.float32(8.0)).astype(np.int64), 0, 7)]
+  np.testing.assert_allclose(_run(out, backend, data), want, rtol=1e-5, atol=1e-5)
+  assert whole_dims(g) == (0, 1) and whole_dims(f) == (1,) and whole_dims(t) == (0,)
 
 
 @pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
@@ -332,19 +365,34 @@ def test_compute_at_a_func_with_pointwise_updates(backend):
   np.testing.assert_allclose(_run(out, backend, data), want, rtol=1e-5, atol=1e-6)
 
 
-def test_compute_at_rejects_updates_whose_where_reads_other_points():
-  """An RDom.where predicate reading the Func at a neighbour makes the update depend on points
-  outside the tile (and on order): compute_at raises, naming the update."""
+def test_updates_whose_where_reads_other_points():
+  """An RDom.where predicate reading the Func at a neighbour: computed at a tile, the dim it
+  reads along is computed whole; read beyond the region the update covers (the last column's
+  right neighbour), it raises, naming the update, the dim and the ranges."""
   img = pl.ImageParam(jnp.float32, 2, name="img")
   y, x, yo, yi = pl.Var("y"), pl.Var("x"), pl.Var("yo"), pl.Var("yi")
-  r = pl.RDom((0, 2), name="r")
-  f, out = pl.Func("f"), pl.Func("out")
-  f[y, x] = img[y, x]
-  r.where(f[y, x + 1] > 0.5)
-  f[y, x] = f[y, x] + 1.0 * pl.cast(jnp.float32, r.x)
-  out[y, x] = f[y, x] * 2.0
-  out.split(y, yo, yi, 4)
-  f.compute_at(out, yo)
   data = np.random.default_rng(12).random((9, 7), dtype=np.float32)
-  with pytest.raises(NotImplementedError, match=r"Func f has update definitions \[1\]"):
-    pl.Pipeline(out).compile()(data, output_shape=(9, 6))
+  want = data.astype(np.float64)
+  for k in range(2):
+    want = np.where(want[:, np.minimum(np.arange(7) + 1, 6)] > 0.5, want + k, want)
+  for clamp_read, at in ((True, True), (True, False), (False, True), (False, False)):
+    f, out, r = pl.Func("f"), pl.Func("out"), pl.RDom((0, 2), name="r")
+    f[y, x] = img[y, x]
+    r.where(f[y, pl.min(x + 1, 6) if clamp_read else x + 1] > 0.5)
+    f[y, x] = f[y, x] + 1.0 * pl.cast(jnp.float32, r.x)
+    out[y, x] = f[y, x] * 2.0
+    out.split(y, yo, yi, 4)
+    if at:
+      f.compute_at(out, yo)
+    else:
+      f.compute_root()
+    fn = pl.Pipeline(out).compile()
+    if clamp_read:
+      np.testing.assert_allclose(np.asarray(fn(data)), want * 2.0, rtol=1e-6)
+    else:
+      with pytest.raises(
+        NotImplementedError,
+        match=r"update 1 of Func f reads f in dim 1 \(x\) over \[0, 6\], outside the region "
+        r"\[0, 5\]",
+      ):
+        fn(data, output_shape=(9, 6))
