@@ -305,7 +305,7 @@ def _universe_task(app: str, size: int, table: dict[str, float], *, loop_nest: b
   base = ps._space(app, (size, size), "xla", {}, PIPELINE_SPACES.get(app))
   space = SearchSpace(dict(zip(base.space.names, base.space.choices, strict=True)),
                       valid=lambda c: canonical_config(c) in table)
-  feature_fn = None
+  feature_fn = tree_fn = None
   if loop_nest:
     feats = {k: base.features(json.loads(k)) for k in table}
     sentinel = np.full(12, -1.0, np.float32)
@@ -313,12 +313,15 @@ def _universe_task(app: str, size: int, table: dict[str, float], *, loop_nest: b
     def feature_fn(c):
       return feats.get(canonical_config(c), sentinel)
 
+    def tree_fn(c):
+      return base.tree(c)
+
   return Task(ps.pipeline_workload(app, (size, size)), space, measure_fn=None, op=app,
-              feature_fn=feature_fn)
+              feature_fn=feature_fn, tree_fn=tree_fn)
 
 
 def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, repeats, timeout,
-                    cache, plot, min_fit=8):
+                    cache, plot, min_fit=8, ln_models=("xgb", "mlp", "treegru")):
   from jaxsched.tuning.search import Prior
 
   tables = {a: measure_universe(a, size, universe, repeats=repeats, timeout=timeout, cache=cache)
@@ -355,16 +358,17 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
     others = [a for a in apps_ if a != app]
     prior = None
     if others:
-      f, c, g = [], [], []
+      f, c, g, t = [], [], [], []
       for gi, o in enumerate(others):
         t_o = _universe_task(o, size, tables[o], loop_nest=True)
         for k, v in tables[o].items():
           f.append(t_o.feature_fn(json.loads(k)))
+          t.append(t_o.tree_fn(json.loads(k)))
           c.append(v)
           g.append(gi)
-      prior = Prior(np.asarray(f, np.float32), np.asarray(c), np.asarray(g))
+      prior = Prior(np.asarray(f, np.float32), np.asarray(c), np.asarray(g), trees=t)
     tr = {}
-    for model in ("xgb", "mlp"):
+    for model in ln_models:
       for transfer in (False, True):
         tr[model, transfer] = [
           trials_to_good(run(model, seed, loop_nest=True,
@@ -381,12 +385,12 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
         f"measurements; inf = not reached); random (exp.) = (N + 1) / (good + 1), the expected "
         f"trials of random sampling without replacement; -LN = loop-nest features:")
   head = "".join(f"{m:>9}" for m in methods)
-  print(f"  {'app':16}{'configs':>8}{'good':>5}{'best ms':>9}{'rnd exp':>8}{head}"
-        f"{'xgb-LN':>8}{'+trans':>7}{'mlp-LN':>8}{'+trans':>7}")
+  ln_head = "".join(f"{m + '-LN':>10}{'+trans':>7}" for m in ln_models)
+  print(f"  {'app':16}{'configs':>8}{'good':>5}{'best ms':>9}{'rnd exp':>8}{head}{ln_head}")
   for app, n, _, n_good, best, ttg, tr in rows:
     cells = "".join(f"{np.median(ttg[m]):>9}" for m in methods)
-    ln = "".join(f"{np.median(tr[m, t]):>{8 if not t else 7}}"
-                 for m in ("xgb", "mlp") for t in (False, True))
+    ln = "".join(f"{np.median(tr[m, t]):>{10 if not t else 7}}"
+                 for m in ln_models for t in (False, True))
     print(f"  {app:16}{n:>8}{n_good:>5}{best * 1e3:>9.2f}{(n + 1) / (n_good + 1):>8.1f}{cells}"
           f"{ln}")
   for app, n, n_ok, _, _, ttg, tr in rows:
@@ -424,6 +428,9 @@ def main() -> None:
   ap.add_argument("--timeout", type=float, default=60.0, help="pipelines: seconds per schedule")
   ap.add_argument("--cache", default=None,
                   help="pipelines: JSON file caching the measured tables across runs")
+  ap.add_argument("--ln-models", default="xgb,mlp,treegru",
+                  help="pipelines: models also run on loop-nest features/trees (with and "
+                       "without transfer from the other apps)")
   ap.add_argument("--no-throughput", action="store_true")
   args = ap.parse_args()
   if args.pipelines:
@@ -434,7 +441,8 @@ def main() -> None:
     bench_pipelines(args.apps.split(","), args.size, args.universe, args.methods.split(","),
                     args.seeds, args.trials, args.batch, repeats=args.repeats,
                     timeout=args.timeout, cache=args.cache, plot=args.plot,
-                    min_fit=args.min_fit)
+                    min_fit=args.min_fit,
+                    ln_models=tuple(m for m in args.ln_models.split(",") if m))
     return
   global DESCRIPTOR
   DESCRIPTOR = args.descriptor

@@ -518,12 +518,18 @@ def pipeline_task(app: str, shape: Sequence[int], *, backend: str = "xla",
                               build_kwargs=tuple(sorted(build_kwargs.items())),
                               space_kwargs=tuple(sorted(space_kwargs.items())))
   loop = features == "loop_nest"
+
+  def record_tree_fn(shapes: Any, config: Mapping[str, Any]) -> Any:
+    # Another workload of this app (another shape): its tree at its own shape.
+    return _space(app, _check_shape(shapes[0]), backend, build_kwargs, space_kwargs).tree(config)
+
   return Task(
     workload=pipeline_workload(app, shape, backend=backend, **build_kwargs),
     space=ps.space,
     measure_fn=measure,
     feature_fn=ps.features if loop else None,
     tree_fn=ps.tree if loop else None,
+    record_tree_fn=record_tree_fn if loop else None,
     op=app,
     shapes=(shape,),
     dtypes=("float32",),

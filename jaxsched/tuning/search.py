@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -405,11 +406,22 @@ class GATuner(Tuner):
 
 @dataclasses.dataclass
 class Prior:
-  """Records of other workloads for transfer learning: features ``[n, F]``, costs, group ids."""
+  """Records of other workloads for transfer learning: features ``[n, F]``, costs, group ids,
+  and optionally one :class:`~cost_models.Tree` per record (what a TreeGRU on trees trains on;
+  without them such a model starts from the task's own measurements only)."""
 
   features: np.ndarray
   costs: np.ndarray
   groups: np.ndarray
+  trees: Sequence[Any] | None = None
+
+  def __post_init__(self):
+    n = len(self.costs)
+    if len(self.features) != n or len(self.groups) != n:
+      raise ValueError(f"Prior needs one feature row and group per cost: {len(self.features)} "
+                       f"rows, {len(self.groups)} groups, {n} costs")
+    if self.trees is not None and len(self.trees) != n:
+      raise ValueError(f"Prior needs one tree per cost: {len(self.trees)} trees, {n} costs")
 
 
 class ModelTuner(Tuner):
@@ -485,13 +497,20 @@ class ModelTuner(Tuner):
     self._table = _padded_feature_table(self.space)
     self.fit_seconds = 0.0
     self.search_seconds = 0.0
-    if prior is not None and len(prior.costs) >= 2:
+    if prior is not None and not self._prior_usable():
+      warnings.warn(
+        "ModelTuner: the prior has no trees, so the TreeGRU (on this task's trees) is not "
+        "pre-trained on it; give Prior(trees=...) or Task.record_tree_fn", stacklevel=2)
+    if self._prior_usable() and len(prior.costs) >= 2:
       self._fit()
 
   # Features ---------------------------------------------------------------------------------------
 
   def _uses_trees(self) -> bool:
     return isinstance(self.model, cm.TreeGRUCostModel) and self.task.tree_fn is not None
+
+  def _prior_usable(self) -> bool:
+    return self.prior is not None and (not self._uses_trees() or self.prior.trees is not None)
 
   def model_inputs(self, knobs: np.ndarray) -> Any:
     """Model inputs for knob vectors ``[n, D]`` (vector features, or a TreeBatch)."""
@@ -514,12 +533,20 @@ class ModelTuner(Tuner):
 
   def _fit(self) -> None:
     start = time.perf_counter()
-    feats = self.model_inputs(np.stack(self.xs)) if self.xs else None
     costs = np.asarray(self.costs, np.float64)
     groups = np.zeros(len(self.costs), np.int64)
-    if self.prior is not None and not self._uses_trees():
+    if self._uses_trees():
+      trees = [self._cached(k, lambda c: self.task.tree_fn(c)) for k in self.xs]
+      if self._prior_usable():
+        trees = list(self.prior.trees) + trees
+      feats = cm.pad_trees(trees) if trees else None
+    else:
+      feats = self.model_inputs(np.stack(self.xs)) if self.xs else None
+      if self._prior_usable():
+        p = self.prior
+        feats = p.features if feats is None else np.concatenate([p.features, feats])
+    if self._prior_usable():
       p = self.prior
-      feats = p.features if feats is None else np.concatenate([p.features, feats])
       costs = np.concatenate([p.costs, costs])
       groups = np.concatenate([np.asarray(p.groups) + 1, groups])
     if feats is None or np.isfinite(costs).sum() < 2:
@@ -633,12 +660,13 @@ def make_tuner(task: Task, method: str, *, seed: int = 0, **kwargs: Any) -> Tune
 
 def load_prior(db: dbm.TuningDatabase, task: Task, target: str) -> Prior | None:
   """Other workloads' records of the same op and target that carry features (transfer data)."""
-  feats, costs, groups = [], [], []
+  feats, costs, groups, trees = [], [], [], []
   width = None
   for g, wl in enumerate(db.workloads(op=task.op_name, target=target)):
     if wl == task.workload:
       continue
-    f, c = dbm.records_to_arrays(db.records(wl, target))
+    recs = [r for r in db.records(wl, target) if r.features is not None]
+    f, c = dbm.records_to_arrays(recs)
     if not f:
       continue
     width = width or len(f[0])
@@ -647,9 +675,12 @@ def load_prior(db: dbm.TuningDatabase, task: Task, target: str) -> Prior | None:
     feats += f
     costs += c
     groups += [g] * len(c)
+    if task.record_tree_fn is not None:
+      trees += [task.record_tree_fn(r.shapes, r.config) for r in recs]
   if not costs:
     return None
-  return Prior(np.asarray(feats, np.float32), np.asarray(costs), np.asarray(groups))
+  return Prior(np.asarray(feats, np.float32), np.asarray(costs), np.asarray(groups),
+               trees=trees if task.record_tree_fn is not None else None)
 
 
 def tune(

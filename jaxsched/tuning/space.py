@@ -330,6 +330,9 @@ class Task:
       ``None`` uses a one-level tree with one leaf per knob.
     op: op or app name (records are looked up by it); defaults to the workload key's prefix.
     shapes, dtypes: recorded with each measurement.
+    record_tree_fn: ``record_tree_fn(shapes, config) -> Tree``: the tree of another workload's
+      record (its recorded shapes), so a TreeGRU on trees can be pre-trained on the database
+      (transfer); ``None``: a TreeGRU on trees starts from this task's measurements only.
   """
 
   workload: str
@@ -340,6 +343,7 @@ class Task:
   op: str | None = None
   shapes: tuple[tuple[int, ...], ...] = ()
   dtypes: tuple[str, ...] = ()
+  record_tree_fn: Callable[[Any, Any], Any] | None = None
 
   @property
   def op_name(self) -> str:

@@ -160,6 +160,32 @@ def test_task_records_loop_nest_features():
   assert f[0, 0] > f[1, 0] and f[0, 7] > f[1, 7]
 
 
+def test_treegru_transfer_from_the_database_lowers_other_shapes(tmp_path):
+  """Records of blur at other shapes become a TreeGRU prior of trees lowered at the
+  recorded shape (not the new task's), so the model is pre-trained before any measurement."""
+  from jaxsched.tuning.search import ModelTuner, load_prior
+
+  root = {"blur_x": "root", "split_y": 0, "split_x": 0, "at": "yo"}
+  inline = dict(root, blur_x="inline")
+  db = dbm.TuningDatabase(tmp_path / "t.sqlite")
+  for shape, scale in (((24, 40), 1.0), ((48, 96), 4.0)):
+    src = ps.pipeline_task("blur", shape, features="loop_nest")
+    for c, t in ((root, 2e-3), (inline, 1e-3)):
+      feats = src.features(src.space.config_to_knobs(c)[None])[0]
+      db.add(workload=src.workload, target=TARGET, config=c, time=t * scale, op="blur",
+             features=[float(v) for v in feats], shapes=[list(shape)])
+  task = ps.pipeline_task("blur", (32, 80), features="loop_nest")
+  prior = load_prior(db, task, TARGET)
+  assert prior is not None and len(prior.trees) == 4
+  want = ps.pipeline_task("blur", (48, 96), features="loop_nest").tree_fn(inline)
+  got = [t for t, g in zip(prior.trees, prior.groups, strict=True) if g == max(prior.groups)]
+  assert any(np.array_equal(t.features, want.features) for t in got)
+  assert not any(
+    np.array_equal(t.features, task.tree_fn(inline).features) for t in prior.trees
+  )
+  assert ModelTuner(task, "treegru", prior=prior).model.fitted
+
+
 def _add(db, workload, config, t):
   db.add(workload=workload, target=TARGET, config=config, time=t, op=workload.split("|")[0])
 

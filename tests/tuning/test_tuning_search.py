@@ -250,3 +250,42 @@ def test_model_tuner_rejects_min_fit_below_two():
 
   with pytest.raises(ValueError, match=r"min_fit=1 must be >= 2"):
     ModelTuner(_task(), "mlp", min_fit=1)
+
+
+def _config_tree(config):
+  """A small loop-nest-like tree of a config (log2 knobs on its nodes)."""
+  from jaxsched.tuning import cost_models as cm
+
+  x = np.log2([config[f"k{i}"] for i in range(4)])
+  kids = [([x[0], 1.0, 0.0], []), ([x[2], 0.5, 0.5], [([x[1], 0.0, 1.0], [])])]
+  if x[3] > 3:
+    kids.append(([x[3], 1.0, 1.0], []))
+  return cm.Tree.from_nested(([0.0, 0.0, 0.0], kids))
+
+
+def test_treegru_transfer_uses_the_priors_trees():
+  """A Prior with one tree per record pre-trains a TreeGRU on trees (guided from the first
+  batch); without trees it cannot train one on trees and is left out; lengths are checked."""
+  from jaxsched.tuning import cost_models as cm
+  from jaxsched.tuning.search import ModelTuner, Prior
+
+  task = Task(_task().workload, SPACE, measure_fn=None, tree_fn=_config_tree)
+  rng = np.random.default_rng(3)
+  idx = rng.choice(SPACE.size, 96, replace=False)
+  cfgs = [SPACE.index_to_config(int(i)) for i in idx]
+  costs = np.array([_synthetic(c, 0.25) for c in cfgs])
+  feats = np.zeros((96, 1), np.float32)
+  prior = Prior(feats, costs, np.zeros(96, np.int64), trees=[_config_tree(c) for c in cfgs])
+  tuner = ModelTuner(task, "treegru", seed=0, epsilon=0.0, prior=prior)
+  assert tuner.model.fitted
+  picks = tuner.next_batch(8)
+  got = np.array([_ALL[SPACE.knobs_to_index(k)] for k in picks])
+  assert np.median(got) < np.quantile(_ALL, 0.2), (np.median(got), np.quantile(_ALL, 0.2))
+  with pytest.warns(UserWarning, match="the prior has no trees"):
+    bare = ModelTuner(task, "treegru", prior=Prior(feats, costs, np.zeros(96)))
+  assert not bare.model.fitted
+  with pytest.raises(ValueError, match="one tree per cost: 95 trees, 96 costs"):
+    Prior(feats, costs, np.zeros(96), trees=prior.trees[:95])
+  with pytest.raises(ValueError, match="1 rows, 1 groups, 96 costs"):
+    Prior(feats[:1], costs, np.zeros(1))
+  assert isinstance(tuner.model, cm.TreeGRUCostModel)
