@@ -251,7 +251,11 @@ class _Ctx:
     keep = []  # var key per remaining axis
     for d, step in enumerate(plan):
       if step[0] == "const":
-        out = lax.index_in_dim(out, step[1] - mins[d], axis=len(keep), keepdims=False)
+        at = step[1] - mins[d]
+        if _is_static(at):
+          out = lax.index_in_dim(out, int(at), axis=len(keep), keepdims=False)
+        else:  # a per-tile buffer whose window moves with the tile
+          out = lax.dynamic_index_in_dim(out, at, axis=len(keep), keepdims=False)
         continue
       ax = len(keep)
       k = step[1]

@@ -396,3 +396,33 @@ def test_updates_whose_where_reads_other_points():
         r"\[0, 5\]",
       ):
         fn(data, output_shape=(9, 6))
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
+def test_constant_index_reads_of_a_per_tile_producer(backend):
+  """``f[y, 3]`` and ``f[2, x]`` (constant indices) of a producer computed per tile, whose
+  window moves with the tile: a dynamic index into it (it raised TracerIntegerConversionError);
+  and unsharp's Gaussian ``kernel`` (an inline reduction read at ``kernel[r.x]``) at a tile."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  c = pl.boundary.repeat_edge(img)
+  f, out = pl.Func("f"), pl.Func("out")
+  f[y, x] = pl.sin(c[y, x])
+  out[y, x] = f[y, x] + f[y, 3] * f[2, x]
+  xo, _ = _tile(out, x, y, backend)
+  f.compute_at(out, xo)
+  data = np.random.default_rng(15).random((9, 10), dtype=np.float32)
+  d = np.sin(data.astype(np.float64))
+  np.testing.assert_allclose(_run(out, backend, data), d + d[:, 3:4] * d[2:3, :], rtol=1e-5)
+
+  g = apps.get_app("unsharp").build()
+  v = g.vars
+  g.funcs["unsharp"].split(v["y"], v["yo"], v["yi"], 4 if backend == "xla" else 8)
+  g.funcs["kernel"].compute_at(g.funcs["unsharp"], v["yo"])
+  data = np.random.default_rng(16).random((13, 11), dtype=np.float32)
+  k = np.exp(-(np.arange(-3, 4) ** 2) / (2 * 1.5**2))
+  k /= k.sum()
+  pad = np.pad(data.astype(np.float64), 3, mode="edge")
+  bx = sum(k[j] * pad[:, j : j + 11] for j in range(7))
+  by = sum(k[j] * bx[j : j + 13] for j in range(7))
+  np.testing.assert_allclose(_run(g.funcs["unsharp"], backend, data), 2 * data - by, atol=1e-5)
