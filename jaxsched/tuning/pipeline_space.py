@@ -374,9 +374,17 @@ class PipelineSpace:
     return _tree(self, dbm.canonical_config(config))
 
   def default_config(self) -> dict[str, Any]:
-    """Everything inline where offered (else root), no splits."""
-    return {n: self.space.choices[i][0] for i, n in enumerate(self.funcs)} | {
+    """Everything inline where offered (else root), no splits; if that is invalid (the
+    bilateral grid's blurs inlined into its slice exceed the inlining limit), the first valid
+    config in the space's order."""
+    first = {n: self.space.choices[i][0] for i, n in enumerate(self.funcs)} | {
       "split_y": 0, "split_x": 0, "at": AT_LOOPS[0]}
+    if self.why_invalid(first) is None:
+      return first
+    k = next(iter(self.space.iter_valid()), None)
+    if k is None:
+      raise ValueError(f"app {self.app!r} at {self.shape}: its schedule space has no valid config")
+    return self.space.knobs_to_config(k)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -148,6 +148,17 @@ def test_errors_name_the_choices():
     ps.apply_schedule(apps.get_app("blur").build(), bad, shape=(64, 64))
 
 
+@pytest.mark.parametrize("app", ["blur", "unsharp", "harris", "bilateral_grid"])
+def test_default_config_is_valid(app):
+  """All-inline where it is valid (blur), else the first valid config (the bilateral grid's
+  all-inline slice exceeds the inlining limit)."""
+  space = ps.schedule_space(app, (64, 64))
+  config = space.default_config()
+  assert space.why_invalid(config) is None, (config, space.why_invalid(config))
+  if app == "blur":
+    assert config["blur_x"] == "inline"
+
+
 def test_task_records_loop_nest_features():
   task = ps.pipeline_task("blur", (32, 80), features="loop_nest")
   assert task.workload == ps.pipeline_workload("blur", (32, 80))
