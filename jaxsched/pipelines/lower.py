@@ -552,8 +552,9 @@ def _check_self_reads(f: ir.Func, stages: list[Stage], req, names) -> None:
     env = _stage_env(st, f, [r[0] for r in req], [r[1] for r in req])
     own = B.footprint([st.value], f, env)
     for i, iv in enumerate(own or []):
-      if not isinstance(st.args[i], ir.Var):
-        continue
+      finite = np.all(np.isfinite(iv[0])) and np.all(np.isfinite(iv[1]))
+      if not isinstance(st.args[i], ir.Var) or not finite:
+        continue  # data-dependent reads are gathers, clamped into the buffer as before
       lo, hi = req[i]
       if np.min(iv[0]) < lo or np.max(iv[1]) > hi:
         raise NotImplementedError(
