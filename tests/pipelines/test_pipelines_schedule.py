@@ -429,16 +429,19 @@ def test_constant_index_reads_of_a_per_tile_producer(backend):
 
 
 def test_update_reading_its_func_at_data_dependent_points():
-  """A data-dependent self-read (clamped by the user) is a gather inside the region, not a
-  read beyond it: no error, results equal numpy."""
+  """Data-dependent self-reads are gathers into the region (bounds cannot bound an unclamped
+  one, which is the user's promise, as for other Funcs), not reads beyond it: no error,
+  results equal numpy."""
   img = pl.ImageParam(jnp.float32, 2, name="img")
   y, x = pl.Var("y"), pl.Var("x")
   f, out = pl.Func("f"), pl.Func("out")
   f[y, x] = img[y, x]
   f[y, x] = f[y, x] + f[y, pl.clamp(pl.cast(jnp.int32, img[y, x] * 5.0), 0, 6)]
+  f[y, x] = f[y, x] * 0.5 + f[y, pl.cast(jnp.int32, img[y, x] * 5.0)]
   out[y, x] = f[y, x]
   data = np.random.default_rng(17).random((5, 7), dtype=np.float32)
   d = data.astype(np.float64)
   i = np.clip((data * np.float32(5.0)).astype(np.int64), 0, 6)
   want = d + d[np.arange(5)[:, None], i]
+  want = want * 0.5 + want[np.arange(5)[:, None], i]
   np.testing.assert_allclose(np.asarray(pl.Pipeline(out).compile()(data)), want, rtol=1e-6)
