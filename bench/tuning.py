@@ -321,7 +321,7 @@ def _universe_task(app: str, size: int, table: dict[str, float], *, loop_nest: b
 
 
 def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, repeats, timeout,
-                    cache, plot, min_fit=8, ln_models=("xgb", "mlp", "treegru")):
+                    cache, plot, min_fit=8, ln_models=("xgb", "mlp")):
   from jaxsched.tuning.search import Prior
 
   tables = {a: measure_universe(a, size, universe, repeats=repeats, timeout=timeout, cache=cache)
@@ -428,9 +428,11 @@ def main() -> None:
   ap.add_argument("--timeout", type=float, default=60.0, help="pipelines: seconds per schedule")
   ap.add_argument("--cache", default=None,
                   help="pipelines: JSON file caching the measured tables across runs")
-  ap.add_argument("--ln-models", default="xgb,mlp,treegru",
+  ap.add_argument("--ln-models", default="xgb,mlp",
                   help="pipelines: models also run on loop-nest features/trees (with and "
-                       "without transfer from the other apps)")
+                       "without transfer from the other apps); add treegru for the TreeGRU on "
+                       "trees (slow: ~10 min a transfer run, each refit trains on the prior's "
+                       "trees)")
   ap.add_argument("--no-throughput", action="store_true")
   args = ap.parse_args()
   if args.pipelines:
