@@ -535,18 +535,16 @@ class ModelTuner(Tuner):
     start = time.perf_counter()
     costs = np.asarray(self.costs, np.float64)
     groups = np.zeros(len(self.costs), np.int64)
+    p = self.prior if self._prior_usable() else None
     if self._uses_trees():
       trees = [self._cached(k, lambda c: self.task.tree_fn(c)) for k in self.xs]
-      if self._prior_usable():
-        trees = list(self.prior.trees) + trees
+      trees = (list(p.trees) if p is not None else []) + trees
       feats = cm.pad_trees(trees) if trees else None
     else:
       feats = self.model_inputs(np.stack(self.xs)) if self.xs else None
-      if self._prior_usable():
-        p = self.prior
+      if p is not None:
         feats = p.features if feats is None else np.concatenate([p.features, feats])
-    if self._prior_usable():
-      p = self.prior
+    if p is not None:
       costs = np.concatenate([p.costs, costs])
       groups = np.concatenate([np.asarray(p.groups) + 1, groups])
     if feats is None or np.isfinite(costs).sum() < 2:
