@@ -45,8 +45,18 @@ def _mul(a: Interval, b: Interval) -> Interval:
   return np.minimum.reduce(ps), np.maximum.reduce(ps)
 
 
-def interval(e: ir.Expr, env: dict[tuple, Interval]) -> Interval:
-  """Closed interval containing every value of ``e`` when vars range over ``env``."""
+def interval(e: ir.Expr, env: dict[tuple, Interval], memo: dict | None = None) -> Interval:
+  """Closed interval containing every value of ``e`` when vars range over ``env``; ``memo``
+  (keyed by node id, for one ``env``) makes repeated queries on sub-expressions linear."""
+  if memo is None:
+    return _interval(e, env, None)
+  r = memo.get(id(e))
+  if r is None:
+    r = memo[id(e)] = _interval(e, env, memo)
+  return r
+
+
+def _interval(e: ir.Expr, env: dict[tuple, Interval], memo: dict | None) -> Interval:
   if isinstance(e, ir.Const):
     v = np.float64(e.value)
     return v, v
@@ -56,7 +66,7 @@ def interval(e: ir.Expr, env: dict[tuple, Interval]) -> Interval:
       raise ValueError(f"bounds inference: {e!r} is not bound here (known: {list(env)})")
     return env[k]
   if isinstance(e, ir.BinOp):
-    a, b = interval(e.a, env), interval(e.b, env)
+    a, b = interval(e.a, env, memo), interval(e.b, env, memo)
     op = e.op
     if op == "add":
       return a[0] + b[0], a[1] + b[1]
@@ -88,7 +98,7 @@ def interval(e: ir.Expr, env: dict[tuple, Interval]) -> Interval:
       return np.float64(0), np.float64(1)
     return dtype_range(e.dtype)
   if isinstance(e, ir.UnOp):
-    a = interval(e.a, env)
+    a = interval(e.a, env, memo)
     if e.op == "neg":
       return -a[1], -a[0]
     if e.op in ("floor", "ceil", "round"):
@@ -104,10 +114,10 @@ def interval(e: ir.Expr, env: dict[tuple, Interval]) -> Interval:
       return np.float64(-1), np.float64(1)
     return dtype_range(e.dtype)
   if isinstance(e, ir.Select):
-    t, f = interval(e.t, env), interval(e.f, env)
+    t, f = interval(e.t, env, memo), interval(e.f, env, memo)
     return np.minimum(t[0], f[0]), np.maximum(t[1], f[1])
   if isinstance(e, ir.Cast):
-    a = interval(e.a, env)
+    a = interval(e.a, env, memo)
     r = dtype_range(e.to)
     if e.to.kind in "iu":  # truncation toward zero, saturated to the type's range
       a = (np.floor(a[0]), np.ceil(a[1]))
@@ -431,3 +441,123 @@ def self_update(
     ):
       return value.op, other, mine
   return None
+
+
+# Edge-flat regions. A Func read through a clamped (repeat-edge) image is constant beyond some
+# box along each dim: a pointwise Func of the image past the image's edge, a down-sampling of it
+# a few points further in, and so on up a pyramid. Halide computes such Funcs over their whole
+# required region (a 2048^2 local Laplacian pyramid base needs 2814^2 points); computing them
+# only inside the box and clamping the reads is exact and moves half the bytes.
+
+# The box's edges are searched in [-search, search] (vars themselves are unbounded in the
+# analysis, so a box is proven for every index; an edge beyond the range is reported at it).
+FLAT_SEARCH = float(2**30)
+
+# (lo, hi) per dim: the Func equals its value at lo for every index <= lo, and at hi for every
+# index >= hi; -inf / inf where it is flat on no side.
+FlatBox = list[tuple[float, float]]
+
+
+class _Flat:
+  """One flatness query: Var ``name`` ranges over ``env``; intervals memoised per node."""
+
+  def __init__(self, name: str, env, box_of, names_cache: dict):
+    self.name, self.env, self.box_of = name, env, box_of
+    self.memo: dict = {}
+    self.done: dict = {}
+    self.names = names_cache  # id(node) -> Var names below it (independent of env)
+
+  def mentions(self, e: ir.Expr) -> bool:
+    got = self.names.get(id(e))
+    if got is None:
+      got = frozenset({e.name}) if isinstance(e, ir.Var) else frozenset()
+      for c in ir.children(e):
+        self.mentions(c)
+        got |= self.names[id(c)]
+      self.names[id(e)] = got
+    return self.name in got
+
+  def flat(self, e: ir.Expr, env=None, memo=None) -> bool:
+    if env is None:  # the query's own env: results memoised (expressions are DAGs)
+      got = self.done.get(id(e))
+      if got is None:
+        got = self.done[id(e)] = self._flat(e, self.env, self.memo)
+      return got
+    return self._flat(e, env, memo)
+
+  def _flat(self, e: ir.Expr, env, memo) -> bool:
+    if not self.mentions(e):
+      return True
+    if isinstance(e, ir.Var) or isinstance(e, ir.BinOp) and e.op in ("min", "max"):
+      # A point: the var itself at the search's end, or clamp(x, 0, W - 1) for x <= 0.
+      with np.errstate(all="ignore"):
+        lo, hi = interval(e, env, memo)
+      if np.isfinite(lo) and lo == hi:
+        return True
+      if isinstance(e, ir.Var):
+        return False
+    if isinstance(e, ir.Reduce):
+      inner = dict(env)
+      for r in e.rdom.vars:
+        inner[key(r)] = rdom_interval(r)
+      return self.flat(e.body, inner, {})
+    if isinstance(e, ir.Call):
+      box = None
+      for j, a in enumerate(e.args):
+        if self.flat(a, *self._sub(env, memo)):
+          continue
+        box = self.box_of(e.target) if box is None else box
+        if box is None:
+          return False
+        with np.errstate(all="ignore"):
+          alo, ahi = interval(a, env, memo)
+        if not (ahi <= box[j][0] or alo >= box[j][1]):
+          return False
+      return True
+    return all(self.flat(c, *self._sub(env, memo)) for c in ir.children(e))
+
+  def _sub(self, env, memo) -> tuple:
+    return (None, None) if env is self.env else (env, memo)
+
+
+def flat_box(
+  names: list[str],
+  value: ir.Expr,
+  box_of: Callable[[Any], FlatBox | None],
+  search: float = FLAT_SEARCH,
+) -> FlatBox:
+  """The flat box of a pure definition ``f[names] = value``. Reads of a Func are flat where
+  each index is flat or lies on one flat side of that Func's ``box_of`` box (None: no box);
+  image reads only where every index is flat. Binary search per dim and side (flatness on
+  ``(-inf, a]`` implies it for a' < a); conservative: a side not proven flat is infinite."""
+  s, inf = search, np.float64(INF)
+  cache: dict = {}
+  box = []
+  for name in names:
+    env = {("v", n): (-inf, inf) for n in names}
+
+    def ok(lo: float, hi: float, name=name, env=env) -> bool:
+      q = _Flat(name, {**env, ("v", name): (np.float64(lo), np.float64(hi))}, box_of, cache)
+      return q.flat(value)
+
+    def search(passes, lo: float, hi: float) -> float:
+      # passes(lo) is True and passes(hi) False: the last passing integer.
+      while hi - lo > 1:
+        mid = float(np.floor((lo + hi) / 2))
+        lo, hi = (mid, hi) if passes(mid) else (lo, mid)
+      return lo
+
+    if not ok(-inf, -s):
+      a = -INF
+    elif ok(-inf, s):
+      a = s
+    else:
+      a = search(lambda m: ok(-inf, m), -s, s)
+    if not ok(s, inf):
+      b = INF
+    elif ok(-s, inf):
+      b = -s
+    else:
+      b = -search(lambda m: ok(-m, inf), -s, s)
+    box.append((a, b))
+  return box

@@ -470,8 +470,25 @@ def plan(
         home = home[1].sched.compute
       fp.home = home
 
+  boxes: dict[int, B.FlatBox | None] = {}
+  # Box edges lie near image and output edges (a halo away): searched within a few extents.
+  flat_search = float(
+    4 * max((max(s) for s in [*output_shapes, *image_shapes.values()] if s), default=1) + 1024
+  )
+
+  def box_of(t: Any) -> B.FlatBox | None:
+    if id(t) not in boxes:
+      boxes[id(t)] = None  # a cycle (never in a valid pipeline) proves nothing
+      tp = fplans.get(id(t))
+      if tp is not None and _pure_single(tp):
+        boxes[id(t)] = B.flat_box(
+          [v.name for v in t.args], tp.stages[0].value, box_of, search=flat_search
+        )
+    return boxes[id(t)]
+
   # Root-level regions, consumers first.
   regions: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+  clipped: set[int] = set()
   out_ids = {id(o): s for o, s in zip(outputs, output_shapes, strict=True)}
   for fp in reversed(order):
     f = fp.func
@@ -526,6 +543,11 @@ def plan(
           f"{_fmt_range((lo, hi))} is required"
         )
       req[i] = (np.float64(bmin), np.float64(bmin + bext - 1))
+    if _FLAT_CLIP and id(f) not in out_ids and not f.sched.bounds and fp.level == "root":
+      cut = _clip_flat(fp, req, consumers[id(f)], box_of, clipped)
+      if cut is not req:
+        clipped.add(id(f))
+        req = cut
     regions[id(f)] = ([r[0] for r in req], [r[1] for r in req])
     fp.region = [(int(lo), int(hi - lo + 1)) for lo, hi in req]
 
@@ -542,6 +564,67 @@ def plan(
     if any(fplans[id(ch.func)].level == "at" for ch in consumers_of_at(fp, order)):
       fp.group = _tile_plan(fp, order, fplans, consumers, regions)
   return Plan(outputs, images, params, order, fplans, inlined, out_ids)
+
+
+# Root Funcs are computed only inside their flat box when that saves at least this share of
+# their region's points (a pyramid's halo), or when a consumer was cut (the next level down the
+# pyramid: its own border then needs no peeling). Small stencil halos are left alone: their
+# consumers would be peeled for a row or two (unsharp root 5.6 -> 8.0 ms at 2048^2).
+_FLAT_CLIP = True
+_FLAT_MIN_SAVING = 0.1
+
+
+def _pure_single(fp: FuncPlan) -> bool:
+  f = fp.func
+  return (
+    f.extern is None
+    and len(fp.stages) == 1
+    and fp.stages[0].rdom is None
+    and all(isinstance(a, ir.Var) for a in fp.stages[0].args)
+  )
+
+
+def _clip_flat(fp: FuncPlan, req, consumers: list[FuncPlan], box_of, clipped: set[int]) -> list:
+  """``req`` cut to ``fp``'s flat box (bounds.flat_box), its consumers' reads of it clamped to
+  the cut region: exact, since the Func equals its value at the box's edge beyond it. Returns
+  ``req`` itself when it is not cut."""
+  if not _pure_single(fp):
+    return req
+  box = box_of(fp.func)
+  new = []
+  for (lo, hi), (a, b) in zip(req, box, strict=True):
+    nlo, nhi = min(max(lo, a), hi), max(min(hi, b), lo)
+    if nlo > nhi:  # flat on both sides that overlap: constant along this dim
+      nhi = nlo
+    new.append((np.float64(nlo), np.float64(nhi)))
+  old_n = math.prod(float(hi - lo + 1) for lo, hi in req)
+  new_n = math.prod(float(hi - lo + 1) for lo, hi in new)
+  if new_n == old_n or (
+    new_n > (1 - _FLAT_MIN_SAVING) * old_n and not any(id(c.func) in clipped for c in consumers)
+  ):
+    return req
+  f = fp.func
+  cut = [(n, o) for n, o in zip(new, req, strict=True)]
+
+  def clamp_read(n: ir.Expr) -> ir.Expr | None:
+    if not (isinstance(n, ir.Call) and n.target is f):
+      return None
+    args = [
+      a if (nl, nh) == (ol, oh) else ir.clamp(a, int(nl), int(nh))
+      for a, ((nl, nh), (ol, oh)) in zip(n.args, cut, strict=True)
+    ]
+    return ir.Call(f, args)
+
+  for c in consumers:
+    c.stages = [
+      Stage(
+        tuple(B.fold(B.substitute(a, clamp_read)) for a in st.args),
+        B.fold(B.substitute(st.value, clamp_read)),
+        st.rdom,
+      )
+      for st in c.stages
+    ]
+  return new
 
 
 def _check_self_reads(f: ir.Func, stages: list[Stage], req, names) -> None:

@@ -287,8 +287,8 @@ class _Ctx:
     lo, ext, rax = self.ranges[k]
     clamp = _clamp_pattern(a, k)
     if clamp is not None and _is_static(lo) and _is_static(bmin):
-      off, cl, ch = clamp
-      return _clamped_slice(arr, ax, lo + off - bmin, ext, cl - bmin, ch - bmin)
+      step, off, cl, ch = clamp
+      return _clamped_slice(arr, ax, step * lo + off - bmin, ext, cl - bmin, ch - bmin, step)
     idx = jnp.asarray(self.ev(a)).reshape(-1) - bmin  # [ext] along the var's axis
     return jnp.take(arr, idx, axis=ax, mode="clip")
 
@@ -402,23 +402,38 @@ def _edge_pads(p: L.Plan, shapes: dict[int, tuple[int, ...]]) -> dict[int, list[
   return pads
 
 
-def _clamp_pattern(a: ir.Expr, k: tuple) -> tuple[int, int, int] | None:
-  """``clamp(v + off, lo, hi)`` with static ints -> (off, lo, hi)."""
+def _clamp_pattern(a: ir.Expr, k: tuple) -> tuple[int, int, int, int] | None:
+  """``clamp(s * v + off, lo, hi)`` with static ints, s >= 1 -> (s, off, lo, hi)."""
   if not (
     isinstance(a, ir.BinOp) and a.op == "min" and isinstance(a.a, ir.BinOp) and a.a.op == "max"
   ):
     return None
   inner, lo, hi = a.a.a, a.a.b, a.b
   lin = B.linear(inner)
-  if lin is None or lin[0] != {k: 1}:
+  if lin is None or set(lin[0]) != {k} or lin[0][k] < 1:
     return None
   if not (isinstance(lo, ir.Const) and isinstance(hi, ir.Const)):
     return None
-  return lin[1], int(lo.value), int(hi.value)
+  return lin[0][k], lin[1], int(lo.value), int(hi.value)
 
 
-def _clamped_slice(arr, ax: int, s: int, ext: int, lo: int, hi: int):
-  """``arr[clip(s + arange(ext), lo, hi)]`` along ``ax`` with slices (edge replication)."""
+def _clamped_slice(arr, ax: int, s: int, ext: int, lo: int, hi: int, step: int = 1):
+  """``arr[clip(s + step * arange(ext), lo, hi)]`` along ``ax`` with slices (edge
+  replication)."""
+  if step > 1:
+    # Points below lo / above hi, then a strided slice between them.
+    lp = int(np.clip(-((s - lo) // step), 0, ext))
+    rp = int(np.clip(ext - ((hi - s) // step + 1), 0, ext))
+    mid = ext - lp - rp
+    parts = []
+    if lp:
+      parts.append(jnp.repeat(lax.slice_in_dim(arr, lo, lo + 1, axis=ax), lp, axis=ax))
+    if mid > 0:
+      a = s + step * lp
+      parts.append(lax.slice_in_dim(arr, a, a + step * (mid - 1) + 1, step, axis=ax))
+    if rp:
+      parts.append(jnp.repeat(lax.slice_in_dim(arr, hi, hi + 1, axis=ax), rp, axis=ax))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=ax)
   e = s + ext - 1
   lp = int(np.clip(lo - s, 0, ext))
   rp = int(np.clip(e - hi, 0, ext))
@@ -545,13 +560,16 @@ def _interior(fp: L.FuncPlan, mins: list[int], exts: tuple[int, ...]) -> list[tu
     if lin is None:
       continue
     vs = [k for k in lin[0] if k[0] == "v"]
-    if len(vs) == 1 and lin[0][vs[0]] == 1:
-      d = names.index(vs[0][1])
-      # Offset e - v ranges over [dlo, dhi] (RVars included): v + e stays in [lo, hi] for
-      # v in [lo - dlo, hi - dhi].
+    if len(vs) == 1 and lin[0][vs[0]] >= 1:
+      d, s = names.index(vs[0][1]), lin[0][vs[0]]
+      # Offset e - s v ranges over [dlo, dhi] (RVars included): s v + e stays in [lo, hi] for
+      # v in [ceil((lo - dlo) / s), floor((hi - dhi) / s)].
       rest = B.interval(c[0], en)  # with v = 0
       lo, hi = inter[d]
-      inter[d] = (max(lo, c[1] - int(rest[0])), min(hi, c[2] - int(rest[1])))
+      inter[d] = (
+        max(lo, -((int(rest[0]) - c[1]) // s)),
+        min(hi, (c[2] - int(rest[1])) // s),
+      )
   return inter
 
 
