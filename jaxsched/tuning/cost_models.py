@@ -448,13 +448,15 @@ _UNROLL_NODES = 16
 
 
 class _TreeGRU(nnx.Module):
-  """Child-sum TreeGRU: each node's state is a GRU update of its input by its children's sum."""
+  """Child-sum TreeGRU: each node's state is a GRU update of its input by its children's sum.
+  With ``wide``, the root's own features also reach the head through one dense layer."""
 
-  def __init__(self, num_features: int, hidden: int, *, rngs: nnx.Rngs):
+  def __init__(self, num_features: int, hidden: int, *, wide: bool, rngs: nnx.Rngs):
     self.embed = nnx.Linear(num_features, hidden, rngs=rngs)
     self.wx = nnx.Linear(hidden, 3 * hidden, rngs=rngs)
     self.wh = nnx.Linear(hidden, 2 * hidden, use_bias=False, rngs=rngs)
     self.uh = nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs)
+    self.wide = nnx.Linear(num_features, hidden, rngs=rngs) if wide else None
     self.head = nnx.Linear(hidden, 1, rngs=rngs)
     self.hidden = hidden
 
@@ -476,7 +478,10 @@ class _TreeGRU(nnx.Module):
     # Unrolled for small trees: compiles ~2x faster than a scan nested in the training scan.
     hs, _ = jax.lax.scan(node, jnp.zeros((n, hsz)), (jnp.arange(n), xs, children),
                          unroll=n <= _UNROLL_NODES)
-    return self.head(hs[num_nodes - 1])[0]
+    root = num_nodes - 1
+    if self.wide is not None:
+      return self.head(hs[root] + jax.nn.gelu(self.wide(feats[root])))[0]
+    return self.head(hs[root])[0]
 
 
 class TreeGRUCostModel(_JaxRankModel):
@@ -486,16 +491,23 @@ class TreeGRUCostModel(_JaxRankModel):
   accepted too and read as a one-level tree: a root over one leaf per feature column (with the
   column's one-hot id), which is the knob vector seen as a tree.
 
+  Node features are standardised over the fitted trees' nodes, roots apart from the rest (a
+  loop-nest root carries the whole nest's summary, see ``features.loop_nest_tree``).
+
   Args:
     hidden: GRU state width.
+    wide: also feed the root's own features to the head through one dense GELU layer (a
+      "wide" path next to the tree's): with a handful of measurements the tree path alone
+      ranked loop nests worse than an MLP on their summary (docs/tuning.md).
     steps, batch, learning_rate, regression_weight, seed: as :class:`MLPCostModel`.
   """
 
-  def __init__(self, *, hidden: int = 32, steps: int = 200, batch: int = 64,
+  def __init__(self, *, hidden: int = 32, wide: bool = True, steps: int = 200, batch: int = 64,
                learning_rate: float = 3e-3, regression_weight: float = 0.1, seed: int = 0):
     super().__init__(steps=steps, batch=batch, learning_rate=learning_rate,
                      regression_weight=regression_weight, seed=seed)
     self.hidden = hidden
+    self.wide = wide
     self._graphdef: Any = None
     self._mean: np.ndarray | None = None
     self._std: np.ndarray | None = None
@@ -518,12 +530,20 @@ class TreeGRUCostModel(_JaxRankModel):
         raise ValueError(f"TreeGRU features must be a TreeBatch or [n, F], got shape {x.shape}")
       x = self.knobs_as_trees(x)
     feats = np.asarray(x.features, np.float32)
+    nn = np.asarray(x.num_nodes)
+    pos = np.arange(feats.shape[1])[None, :]
+    is_root = pos == (nn - 1)[:, None]
     if fit:
-      real = np.arange(feats.shape[1])[None, :] < np.asarray(x.num_nodes)[:, None]
-      rows = feats[real]
-      self._mean, sd = rows.mean(0), rows.std(0)
-      self._std = np.where(sd > 0, sd, 1.0)
-    return TreeBatch((feats - self._mean) / self._std, np.asarray(x.children, np.int32),
+      # Roots and other nodes standardised apart: a root's summary columns are 0 elsewhere.
+      stats = []
+      for rows in (feats[(pos < nn[:, None]) & ~is_root], feats[is_root]):
+        rows = rows if len(rows) else feats[is_root]
+        sd = rows.std(0)
+        stats.append((rows.mean(0), np.where(sd > 0, sd, 1.0)))
+      (self._mean, self._std), (self._root_mean, self._root_std) = stats
+    out = np.where(is_root[..., None], (feats - self._root_mean) / self._root_std,
+                   (feats - self._mean) / self._std)
+    return TreeBatch(out.astype(np.float32), np.asarray(x.children, np.int32),
                      np.asarray(x.num_nodes, np.int32))
 
   def _num_rows(self, x: Any) -> int:
@@ -531,28 +551,31 @@ class TreeGRUCostModel(_JaxRankModel):
 
   def _init_params(self, key: jax.Array, x: Any) -> Any:
     self._graphdef, params = _treegru_init(key, num_features=x.features.shape[-1],
-                                           hidden=self.hidden)
+                                           hidden=self.hidden, wide=self.wide)
     return params
 
   def _apply(self) -> Callable[[Any, Any], jax.Array]:
     return _treegru_apply(self._graphdef)
 
 
-@functools.partial(jax.jit, static_argnames=("num_features", "hidden"))
-def _treegru_init_jit(key: jax.Array, *, num_features: int, hidden: int) -> Any:
+@functools.partial(jax.jit, static_argnames=("num_features", "hidden", "wide"))
+def _treegru_init_jit(key: jax.Array, *, num_features: int, hidden: int, wide: bool) -> Any:
   # One jitted call: initializing op by op compiles each initializer eagerly (~3 s on CPU).
-  return nnx.split(_TreeGRU(num_features, hidden, rngs=nnx.Rngs(params=key)))[1]
+  return nnx.split(_TreeGRU(num_features, hidden, wide=wide, rngs=nnx.Rngs(params=key)))[1]
 
 
 @functools.lru_cache(maxsize=32)
-def _treegru_graphdef(num_features: int, hidden: int) -> Any:
-  return nnx.split(nnx.eval_shape(lambda: _TreeGRU(num_features, hidden, rngs=nnx.Rngs(0))))[0]
+def _treegru_graphdef(num_features: int, hidden: int, wide: bool) -> Any:
+  return nnx.split(
+    nnx.eval_shape(lambda: _TreeGRU(num_features, hidden, wide=wide, rngs=nnx.Rngs(0)))
+  )[0]
 
 
-def _treegru_init(key: jax.Array, *, num_features: int, hidden: int) -> tuple[Any, Any]:
+def _treegru_init(key: jax.Array, *, num_features: int, hidden: int,
+                  wide: bool) -> tuple[Any, Any]:
   """``(graphdef, params)``; the graphdef is cached, so ``apply`` stays the same function."""
-  params = _treegru_init_jit(key, num_features=num_features, hidden=hidden)
-  return _treegru_graphdef(num_features, hidden), params
+  params = _treegru_init_jit(key, num_features=num_features, hidden=hidden, wide=wide)
+  return _treegru_graphdef(num_features, hidden, wide), params
 
 
 @functools.lru_cache(maxsize=32)

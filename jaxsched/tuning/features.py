@@ -23,17 +23,20 @@ __all__ = ["LOOP_KINDS", "NODE_FEATURES", "loop_nest_tree", "loop_nest_vector"]
 
 LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "tile")
 
-# Per-node feature layout of loop_nest_tree.
+_VECTOR_KEYS = (
+  "stages", "points", "flops", "bytes_read", "bytes_written", "intensity", "max_recompute",
+  "storage_bytes", "tile_loops", "tile_iterations", "parallel_extent", "vector_width",
+)
+
+# Per-node feature layout of loop_nest_tree. The virtual root carries the whole nest's summary
+# (loop_nest_vector) in the ``nest_*`` columns: totals are sums of products over nodes, which a
+# small tree model would otherwise have to learn to form from a handful of measurements.
 NODE_FEATURES = (
   "is_root", "is_loop", "is_realize", "is_compute",
   *(f"kind_{k}" for k in LOOP_KINDS),
   "log_extent", "log_bytes", "log_points", "log_ops", "log_bytes_read", "log_bytes_written",
   "recompute", "log_intensity",
-)
-
-_VECTOR_KEYS = (
-  "stages", "points", "flops", "bytes_read", "bytes_written", "intensity", "max_recompute",
-  "storage_bytes", "tile_loops", "tile_iterations", "parallel_extent", "vector_width",
+  *(f"nest_{k}" for k in _VECTOR_KEYS),
 )
 
 
@@ -80,6 +83,7 @@ def loop_nest_tree(nest: Any) -> Tree:
   tops = tuple(visit(r) for r in nest.roots)
   root = np.zeros(len(NODE_FEATURES), np.float32)
   root[0] = 1.0
+  root[NODE_FEATURES.index(f"nest_{_VECTOR_KEYS[0]}") :] = loop_nest_vector(nest)
   feats.append(root)
   children.append(tops)
   return Tree(np.stack(feats), tuple(children))

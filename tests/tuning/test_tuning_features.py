@@ -30,6 +30,13 @@ def test_tree_mirrors_the_loop_nest():
   np.testing.assert_allclose(got, sorted(math.log2(1 + n.extent) for n in loops), rtol=1e-6)
   got = sorted(tree.features[tree.features[:, col["is_compute"]] == 1, col["recompute"]])
   np.testing.assert_allclose(got, sorted(n.recompute for n in computes), rtol=1e-6)
+  # The virtual root carries the whole nest's summary; other nodes leave those columns at 0.
+  f = nest.features()
+  assert tree.features[-1, col["nest_stages"]] == pytest.approx(math.log2(1 + f["stages"]))
+  assert tree.features[-1, col["nest_max_recompute"]] == pytest.approx(f["max_recompute"])
+  assert tree.features[-1, col["nest_bytes_read"]] == pytest.approx(math.log2(1 + f["bytes_read"]))
+  nest_cols = [i for n, i in col.items() if n.startswith("nest_")]
+  assert len(nest_cols) == 12 and not tree.features[:-1, nest_cols].any()
 
 
 def test_vector_features_tell_schedules_apart_and_pad_to_a_batch():
