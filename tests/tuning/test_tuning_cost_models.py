@@ -49,7 +49,10 @@ def _loop_tree(x):
   return cm.Tree.from_nested(([0.0, 0.0, 0.0], kids))
 
 
-def test_treegru_ranks_trees_and_vmaps_over_padded_batches():
+@pytest.mark.parametrize("wide", [True, False])
+def test_treegru_ranks_trees_and_vmaps_over_padded_batches(wide):
+  """The tree path alone (the root's features are 0 here, so the wide path adds nothing) ranks
+  held-out trees; with and without the wide path's parameters."""
   xt, ct, xh, ch = _data()
   # x[3] only enters through the optional node (0 when absent): fold it into the objective.
   xt[:, 3] = np.where(xt[:, 3] > 3, xt[:, 3], 0)
@@ -58,7 +61,7 @@ def test_treegru_ranks_trees_and_vmaps_over_padded_batches():
   bt = cm.pad_trees([_loop_tree(r) for r in xt])
   bh = cm.pad_trees([_loop_tree(r) for r in xh], max_nodes=8, max_children=4)
   assert bt.features.shape[1] == 5 and bh.features.shape[1:] == (8, 3)
-  model = cm.TreeGRUCostModel(seed=0).fit(bt, ct)
+  model = cm.TreeGRUCostModel(seed=0, wide=wide).fit(bt, ct)
   pred = model.predict(bh)
   assert _tau(pred, ch) > TAU_BAR
   # Padding must not change a tree's score.
