@@ -127,7 +127,9 @@ class XGBCostModel(CostModel):
     max_depth: int = 6,
     eta: float = 0.1,
     subsample: float = 1.0,
-    min_child_weight: float = 1.0,
+    # 0: the pairwise objective's hessians are small, and with a handful of measurements a
+    # weight of 1 forbade most splits (blur replay: 6 -> 4.5 trials to within 5% of the best).
+    min_child_weight: float = 0.0,
     seed: int = 0,
   ):
     import xgboost  # Imported here: an optional dependency (``pip install xgboost-cpu``).
