@@ -604,7 +604,7 @@ def _clip_flat(fp: FuncPlan, req, consumers: list[FuncPlan], box_of, clipped: se
   ):
     return req
   f = fp.func
-  cut = [(n, o) for n, o in zip(new, req, strict=True)]
+  cut = list(zip(new, req, strict=True))
 
   def clamp_read(n: ir.Expr) -> ir.Expr | None:
     if not (isinstance(n, ir.Call) and n.target is f):

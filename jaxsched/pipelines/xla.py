@@ -419,40 +419,16 @@ def _clamp_pattern(a: ir.Expr, k: tuple) -> tuple[int, int, int, int] | None:
 
 def _clamped_slice(arr, ax: int, s: int, ext: int, lo: int, hi: int, step: int = 1):
   """``arr[clip(s + step * arange(ext), lo, hi)]`` along ``ax`` with slices (edge
-  replication)."""
-  if step > 1:
-    # Points below lo / above hi, then a strided slice between them.
-    lp = int(np.clip(-((s - lo) // step), 0, ext))
-    rp = int(np.clip(ext - ((hi - s) // step + 1), 0, ext))
-    mid = ext - lp - rp
-    parts = []
-    if lp:
-      parts.append(jnp.repeat(lax.slice_in_dim(arr, lo, lo + 1, axis=ax), lp, axis=ax))
-    if mid > 0:
-      a = s + step * lp
-      parts.append(lax.slice_in_dim(arr, a, a + step * (mid - 1) + 1, step, axis=ax))
-    if rp:
-      parts.append(jnp.repeat(lax.slice_in_dim(arr, hi, hi + 1, axis=ax), rp, axis=ax))
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=ax)
-  e = s + ext - 1
-  lp = int(np.clip(lo - s, 0, ext))
-  rp = int(np.clip(e - hi, 0, ext))
+  replication): the points below ``lo``, a strided slice, the points above ``hi``."""
+  lp = int(np.clip(-((s - lo) // step), 0, ext))
+  rp = int(np.clip(ext - ((hi - s) // step + 1), 0, ext))
   mid = ext - lp - rp
   parts = []
-  if mid <= 0:
-    edge = lo if s < lo and e < lo else hi
-    if s < lo <= hi < e:  # narrower than the window: both edges
-      edge = None
-    if edge is not None:
-      sl = lax.slice_in_dim(arr, edge, edge + 1, axis=ax)
-      return jnp.repeat(sl, ext, axis=ax)
   if lp:
     parts.append(jnp.repeat(lax.slice_in_dim(arr, lo, lo + 1, axis=ax), lp, axis=ax))
   if mid > 0:
-    parts.append(lax.slice_in_dim(arr, s + lp, s + lp + mid, axis=ax))
-  elif s < lo <= hi < e:
-    parts.append(lax.slice_in_dim(arr, lo, hi + 1, axis=ax))
-    rp = ext - lp - (hi - lo + 1)
+    a = s + step * lp
+    parts.append(lax.slice_in_dim(arr, a, a + step * (mid - 1) + 1, step, axis=ax))
   if rp:
     parts.append(jnp.repeat(lax.slice_in_dim(arr, hi, hi + 1, axis=ax), rp, axis=ax))
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=ax)

@@ -129,3 +129,19 @@ def test_mirrored_or_position_dependent_funcs_are_not_cut(backend):
     atol=1e-5,
   )
   assert _regions(out, shape)["g0"] == [(0, 11), (-3, 22)]  # cut along y only
+
+
+def test_clamped_strided_slices_equal_clipped_indexing():
+  """``xla._clamped_slice`` (edge repeats around a strided slice, what clamped reads such as
+  ``clamp(2 x - 1, lo, hi)`` lower to) equals numpy indexing at clipped indices, for windows
+  starting and ending on either side of the clamp bounds."""
+  from jaxsched.pipelines.xla import _clamped_slice
+
+  arr = np.arange(12.0)
+  for lo, hi in [(0, 11), (0, 0), (3, 7), (5, 5), (2, 11)]:
+    for step in (1, 2, 3):
+      for s in range(-8, 16, 3):
+        for ext in (1, 2, 5, 8):
+          want = arr[np.clip(s + step * np.arange(ext), lo, hi)]
+          got = np.asarray(_clamped_slice(jnp.asarray(arr), 0, s, ext, lo, hi, step))
+          np.testing.assert_array_equal(got, want, err_msg=f"{lo=} {hi=} {step=} {s=} {ext=}")
