@@ -459,7 +459,8 @@ FlatBox = list[tuple[float, float]]
 
 
 class _Flat:
-  """One flatness query: Var ``name`` ranges over ``env``; intervals memoised per node."""
+  """One flatness query: Var ``name`` ranges over ``env``; intervals and results memoised per
+  node (expressions are DAGs)."""
 
   def __init__(self, name: str, env, box_of, names_cache: dict):
     self.name, self.env, self.box_of = name, env, box_of
@@ -477,47 +478,44 @@ class _Flat:
       self.names[id(e)] = got
     return self.name in got
 
-  def flat(self, e: ir.Expr, env=None, memo=None) -> bool:
-    if env is None:  # the query's own env: results memoised (expressions are DAGs)
-      got = self.done.get(id(e))
-      if got is None:
-        got = self.done[id(e)] = self._flat(e, self.env, self.memo)
-      return got
-    return self._flat(e, env, memo)
+  def interval(self, e: ir.Expr) -> Interval:
+    with np.errstate(all="ignore"):  # inf - inf on unbounded vars: nan, never a point
+      return interval(e, self.env, self.memo)
 
-  def _flat(self, e: ir.Expr, env, memo) -> bool:
+  def flat(self, e: ir.Expr) -> bool:
+    got = self.done.get(id(e))
+    if got is None:
+      got = self.done[id(e)] = self._flat(e)
+    return got
+
+  def _flat(self, e: ir.Expr) -> bool:
     if not self.mentions(e):
       return True
     if isinstance(e, ir.Var) or isinstance(e, ir.BinOp) and e.op in ("min", "max"):
       # A point: the var itself at the search's end, or clamp(x, 0, W - 1) for x <= 0.
-      with np.errstate(all="ignore"):
-        lo, hi = interval(e, env, memo)
+      lo, hi = self.interval(e)
       if np.isfinite(lo) and lo == hi:
         return True
       if isinstance(e, ir.Var):
         return False
-    if isinstance(e, ir.Reduce):
-      inner = dict(env)
+    if isinstance(e, ir.Reduce):  # its RVars range over the RDom: a query of its own
+      inner = dict(self.env)
       for r in e.rdom.vars:
         inner[key(r)] = rdom_interval(r)
-      return self.flat(e.body, inner, {})
+      return _Flat(self.name, inner, self.box_of, self.names).flat(e.body)
     if isinstance(e, ir.Call):
       box = None
       for j, a in enumerate(e.args):
-        if self.flat(a, *self._sub(env, memo)):
+        if self.flat(a):
           continue
         box = self.box_of(e.target) if box is None else box
         if box is None:
           return False
-        with np.errstate(all="ignore"):
-          alo, ahi = interval(a, env, memo)
+        alo, ahi = self.interval(a)
         if not (ahi <= box[j][0] or alo >= box[j][1]):
           return False
       return True
-    return all(self.flat(c, *self._sub(env, memo)) for c in ir.children(e))
-
-  def _sub(self, env, memo) -> tuple:
-    return (None, None) if env is self.env else (env, memo)
+    return all(self.flat(c) for c in ir.children(e))
 
 
 def flat_box(
@@ -540,24 +538,25 @@ def flat_box(
       q = _Flat(name, {**env, ("v", name): (np.float64(lo), np.float64(hi))}, box_of, cache)
       return q.flat(value)
 
-    def search(passes, lo: float, hi: float) -> float:
-      # passes(lo) is True and passes(hi) False: the last passing integer.
-      while hi - lo > 1:
-        mid = float(np.floor((lo + hi) / 2))
-        lo, hi = (mid, hi) if passes(mid) else (lo, mid)
-      return lo
-
     if not ok(-inf, -s):
       a = -INF
     elif ok(-inf, s):
       a = s
     else:
-      a = search(lambda m: ok(-inf, m), -s, s)
+      a = _last_passing(lambda m: ok(-inf, m), -s, s)
     if not ok(s, inf):
       b = INF
     elif ok(-s, inf):
       b = -s
     else:
-      b = -search(lambda m: ok(-m, inf), -s, s)
+      b = -_last_passing(lambda m: ok(-m, inf), -s, s)
     box.append((a, b))
   return box
+
+
+def _last_passing(passes: Callable[[float], bool], lo: float, hi: float) -> float:
+  """The last integer in [lo, hi) that passes, given passes(lo) and not passes(hi)."""
+  while hi - lo > 1:
+    mid = float(np.floor((lo + hi) / 2))
+    lo, hi = (mid, hi) if passes(mid) else (lo, mid)
+  return lo

@@ -588,9 +588,9 @@ def _clip_flat(fp: FuncPlan, req, consumers: list[FuncPlan], box_of, clipped: se
   """``req`` cut to ``fp``'s flat box (bounds.flat_box), its consumers' reads of it clamped to
   the cut region: exact, since the Func equals its value at the box's edge beyond it. Returns
   ``req`` itself when it is not cut."""
-  if not _pure_single(fp):
-    return req
   box = box_of(fp.func)
+  if box is None:  # not a single pure definition
+    return req
   new = []
   for (lo, hi), (a, b) in zip(req, box, strict=True):
     nlo, nhi = min(max(lo, a), hi), max(min(hi, b), lo)
