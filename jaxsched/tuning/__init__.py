@@ -32,6 +32,7 @@ _EXPORTS = {
   "XGBCostModel": "cost_models",
   "make_cost_model": "cost_models",
   "pad_trees": "cost_models",
+  "tree_levels": "cost_models",
   "register_cost_model": "cost_models",
   # features
   "loop_nest_tree": "features",

@@ -1,7 +1,10 @@
 """Cost models rank a synthetic objective on held-out configs (Kendall tau above a bar)."""
 
+import math
+
 import numpy as np
 import pytest
+from flax import nnx
 from scipy.stats import kendalltau
 
 from jaxsched.tuning import cost_models as cm
@@ -93,6 +96,7 @@ def test_groups_restrict_pairs_to_a_workload():
   assert taus[False] > TAU_BAR
   assert taus[False] > taus[True] + 0.05  # Measured: 0.91 vs 0.81.
 
+
 def test_registry_and_bad_inputs():
   with pytest.raises(ValueError, match=r"unknown cost model 'svm'; valid: \['mlp', 'treegru'"):
     cm.make_cost_model("svm")
@@ -104,3 +108,62 @@ def test_registry_and_bad_inputs():
     cm.XGBCostModel().predict(np.ones((1, 2)))
   with pytest.raises(ValueError, match="children must precede"):
     cm.Tree(np.ones((2, 1)), ((1,), ()))
+
+
+def test_tree_levels_group_nodes_by_height():
+  # Tree 0: leaves 0, 1, 3; node 2 over 1; root 4 over 0, 2, 3. Tree 1: a root over one leaf.
+  kids = np.full((2, 5, 3), -1, np.int32)
+  kids[0, 2, :1] = [1]
+  kids[0, 4] = [0, 2, 3]
+  kids[1, 1, :1] = [0]
+  levels = cm.tree_levels(kids, np.array([5, 2]))
+  assert levels.shape == (2, 3, 3)
+  np.testing.assert_array_equal(levels[0], [[0, 1, 3], [2, -1, -1], [4, -1, -1]])
+  np.testing.assert_array_equal(levels[1], [[0, -1, -1], [1, -1, -1], [-1, -1, -1]])
+
+
+def _treegru_numpy(p, feats, kids, root, wide):
+  """Child-sum TreeGRU forward in float64 numpy, one node at a time (children first)."""
+  f64 = {k: np.asarray(v, np.float64) for k, v in p.items()}
+  hsz = f64["uh"].shape[0]
+  x = np.tanh(feats @ f64["embed"] + f64["embed_b"]) @ f64["wx"] + f64["wx_b"]
+  hs = np.zeros((len(feats), hsz))
+  sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+  for i in range(root + 1):
+    hc = sum((hs[k] for k in kids[i] if k >= 0), np.zeros(hsz))
+    zr = sig(x[i, : 2 * hsz] + hc @ f64["wh"])
+    z, r = zr[:hsz], zr[hsz:]
+    hs[i] = (1 - z) * hc + z * np.tanh(x[i, 2 * hsz :] + (r * hc) @ f64["uh"])
+  h = hs[root]
+  if wide:
+    w = feats[root] @ f64["wide"] + f64["wide_b"]
+    h = h + 0.5 * w * (1 + np.tanh(math.sqrt(2 / math.pi) * (w + 0.044715 * w**3)))  # jax's GELU
+  return float(h @ f64["head"][:, 0] + f64["head_b"][0])
+
+
+@pytest.mark.parametrize("levels", [True, False])
+def test_treegru_forward_matches_numpy(monkeypatch, levels):
+  """Level-by-level and node-by-node evaluation both equal a float64 numpy TreeGRU."""
+  monkeypatch.setattr(cm, "_TREE_LEVELS", levels)
+  rng = np.random.default_rng(4)
+  trees = [_loop_tree(r) for r in rng.integers(0, 8, (6, 4)).astype(np.float32)]
+  batch = cm.pad_trees(trees, max_nodes=7, max_children=4)
+  model = cm.TreeGRUCostModel(seed=0, steps=3).fit(batch, rng.random(6) + 1)
+  pred = model.predict(batch)
+  g = nnx.to_pure_dict(model.params)
+  p = {
+    m + sfx: np.asarray(g[m][k])
+    for m in ("embed", "wx", "wh", "uh", "wide", "head")
+    for k, sfx in (("kernel", ""), ("bias", "_b"))
+    if k in g[m]
+  }
+  norm = model._normalize(batch, fit=False)
+  for b in range(6):
+    want = _treegru_numpy(
+      p,
+      np.asarray(norm.features[b], np.float64),
+      norm.children[b],
+      int(norm.num_nodes[b]) - 1,
+      wide=True,
+    )
+    np.testing.assert_allclose(pred[b], want, rtol=2e-4, atol=2e-4)
