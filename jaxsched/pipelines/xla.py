@@ -780,8 +780,10 @@ def _chunk_axis(r_exts: list[int], points: int) -> tuple[int, int] | None:
 
 def _merge_blocks(st: L.Stage, e: ir.Expr, names, mins, exts, pure):
   """Re-index an order-independent update whose reads take ``s*v + r`` (``r`` an RVar of
-  extent ``s``, ``v`` a pure var of the region): each such (v, r) pair becomes one var ``t``
-  with ``v = v_min + t // s`` and ``r = r_min + t % s``, a bijection of the update's domain.
+  extent ``s``, ``v`` a pure var of the region): each such (v, r) pair becomes one var
+  ``t = s*v + r`` over ``[s*v_min + r_min, ..)``, so ``v = (t - r_min) // s`` and
+  ``r = r_min + (t - r_min) % s``: a bijection of the update's domain. (``v_min`` may be a
+  tile's traced origin; it enters only the region, not the expressions.)
   A blocked read (the bilateral grid's splat reads ``inp[8 gy + r.y - 4, 8 gx + r.x - 4]``)
   is then a slice along ``t`` instead of a gather whose RDom axes lead and a transposing copy.
   Returns the stage, value, region (names, mins, extents) and the number of RDom points left
@@ -820,24 +822,24 @@ def _merge_blocks(st: L.Stage, e: ir.Expr, names, mins, exts, pure):
     ax = axis_of[kv]
     t = ir.Var(f"{kv[1]}~{rd.name}{kr[2]}")
     s, rmin = rng[kr][1], rng[kr][0]
-    merged[kv] = (t, s, mins[ax], kr, rmin)
-    names[ax], mins[ax], exts[ax] = t.name, 0, s * exts[ax]
+    merged[kv] = (t, s, kr, rmin)
+    names[ax], mins[ax], exts[ax] = t.name, s * mins[ax] + rmin, s * exts[ax]
 
   def sub(n: ir.Expr) -> ir.Expr | None:
     if isinstance(n, ir.BinOp):
       lin = B.linear(n)
       if lin is not None and len(lin[0]) == 2:
-        for kv, (t, s, vmin, kr, rmin) in merged.items():
+        for kv, (t, s, kr, _) in merged.items():
           if lin[0] == {kv: s, kr: 1}:
-            return t + (s * vmin + rmin + lin[1])
+            return t + lin[1]
       return None
     if isinstance(n, ir.Var | ir.RVar):
       k = B.key(n)
-      for kv, (t, s, vmin, kr, rmin) in merged.items():
+      for kv, (t, s, kr, rmin) in merged.items():
         if k == kv:
-          return t // s + vmin
+          return (t - rmin) // s
         if k == kr:
-          return t % s + rmin
+          return (t - rmin) % s + rmin
     return None
 
   args = tuple(B.fold(B.substitute(a, sub)) for a in st.args)

@@ -64,6 +64,26 @@ def test_splat_chunked_and_merged_matches_numpy(monkeypatch, chunk, merge):
   np.testing.assert_allclose(np.asarray(got), _splat_numpy(a, s, bins, gh, gw, -1), atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [0, 20])
+def test_merged_splat_per_tile(monkeypatch, chunk):
+  # The scatter computed at a consumer's tiles: the merged var's region starts at the tile's
+  # traced origin, and the update is chunked inside the tile loop.
+  monkeypatch.setattr(xla, "_SCATTER_CHUNK", chunk)
+  s, bins, h, w = 4, 5, 23, 18
+  gh, gw = -(-h // s) + 1, -(-w // s) + 1
+  hist = _splat(s, bins)
+  c, z, gy, gx = hist.args
+  out = pl.Func("out")
+  out[c, z, gy, gx] = hist[c, z, gy - 1, gx - 1] * 2
+  gyo, gyi, gxo, gxi = pl.Var("gyo"), pl.Var("gyi"), pl.Var("gxo"), pl.Var("gxi")
+  out.tile(gx, gy, gxo, gyo, gxi, gyi, 2, 3)
+  hist.compute_at(out, gxo)
+  a = np.random.default_rng(5).random((h, w), dtype=np.float32)
+  got = pl.Pipeline(out).compile()(a, output_shape=(2, bins, gh, gw))
+  want = 2 * _splat_numpy(a, s, bins, gh, gw, -1)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
 def test_chunked_splat_under_vmap_and_grad(monkeypatch):
   monkeypatch.setattr(xla, "_SCATTER_CHUNK", 64)
   s, bins, h, w = 4, 5, 12, 16
@@ -105,7 +125,7 @@ def test_merged_blocks_rewrite_reads_as_one_var():
   )
   assert rest == 1
   assert names2[:2] == ["c", "z"] and all("~" in n for n in names2[2:])
-  assert mins2 == [0, 0, 0, 0] and exts2 == [2, 1, 28, 24]
+  assert mins2 == [0, 0, -4, -4] and exts2 == [2, 1, 28, 24]  # t = 4 g + r from 4 * -1 + 0
   assert not any(isinstance(n, pl.RVar) for n in pl.ir.walk(e2))
   # the read of the (inline) repeat_edge Func: each index is t + const, one var per dim
   reads = [n for n in pl.ir.walk(e2) if isinstance(n, pl.ir.Call)]
