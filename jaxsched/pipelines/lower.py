@@ -715,9 +715,23 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
           f"{f.name} is then computed per tile of Func {g.name}'s consumer)"
         )
       if g.updates:
-        raise NotImplementedError(
-          f"{what}: Func {g.name} has update definitions; compute Func {f.name} at root"
-        )
+        # The tile loop computes the consumer's pure definition; its updates then run over the
+        # whole region, so they must not need the per-tile producer.
+        gp = fplans[id(g)]
+        upd = [e for st in gp.stages[1:] for e in _stage_exprs(st)]
+        reads = any(t is f for t in B.calls_of(upd))
+        if what == "store_at" or gp.level != "root" or reads:
+          why = (
+            f"whose update definitions read Func {f.name}"
+            if reads
+            else "which has update definitions"
+            + (" and is itself compute_at" if gp.level != "root" else "")
+          )
+          raise NotImplementedError(
+            f"{what}: Func {f.name} at Func {g.name}, {why}: a producer can be scheduled at "
+            f"the loops of a root Func's pure definition when only that definition reads it; "
+            f"compute Func {f.name} at root"
+          )
     if comp[0] == "at":
       if f.extern is not None:
         raise NotImplementedError(f"compute_at: Func {f.name} is extern; compute it at root")

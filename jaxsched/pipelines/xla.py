@@ -1099,9 +1099,10 @@ def eval_root(p: L.Plan, fp: L.FuncPlan, bufs, params) -> jax.Array:
     if arr.shape != exts:
       raise ValueError(f"extern Func {f.name} returned shape {arr.shape}, expected {exts}")
     return arr.astype(f.dtype)
-  if fp.group is not None:
-    return _run_group(p, fp, bufs, params)
-  arr = _eval_pure(fp, mins, exts, bufs, params)
+  if fp.group is not None:  # the pure definition tiled; updates read no per-tile producer
+    arr = _run_group(p, fp, bufs, params)
+  else:
+    arr = _eval_pure(fp, mins, exts, bufs, params)
   return _eval_updates(fp, arr, mins, bufs, params)
 
 

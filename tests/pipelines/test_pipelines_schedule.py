@@ -445,3 +445,36 @@ def test_update_reading_its_func_at_data_dependent_points():
   want = d + d[np.arange(5)[:, None], i]
   want = want * 0.5 + want[np.arange(5)[:, None], i]
   np.testing.assert_allclose(np.asarray(pl.Pipeline(out).compile()(data)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
+def test_compute_at_a_consumer_with_updates(backend):
+  """A producer computed at the tiles of a root consumer whose pure definition reads it and
+  whose updates do not (a scatter of row sums into column 0, then a point-wise scaling): the
+  updates run over the whole region after the tile loop. A consumer whose update reads the
+  producer still gets a clear error."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  c = pl.boundary.repeat_edge(img)
+  r = pl.RDom((0, img.extent(1)), name="r")
+  f, g = pl.Func("f"), pl.Func("g")
+  f[y, x] = c[y, x] * 2.0 + 1.0
+  g[y, x] = f[y, x - 1] + f[y + 1, x + 1]
+  g[y, 0] += c[y, r.x]
+  g[y, x] = g[y, x] * 0.5
+  xo, _ = _tile(g, x, y, backend)
+  f.compute_at(g, xo)
+  data = np.random.default_rng(12).random((11, 9), dtype=np.float32)
+  d = data.astype(np.float64)
+  fp = np.pad(d, 1, mode="edge") * 2 + 1  # f over rows/cols -1 .. n
+  want = fp[1:-1, :-2] + fp[2:, 2:]
+  want[:, 0] += d.sum(1)
+  np.testing.assert_allclose(_run(g, backend, data), want * 0.5, rtol=1e-5, atol=1e-6)
+
+  g2 = pl.Func("g2")
+  g2[y, x] = f[y, x]
+  g2[y, x] = g2[y, x] + f[y, x + 1]
+  g2.tile(x, y, *(pl.Var(n) for n in ("xo2", "yo2", "xi2", "yi2")), 4, 3)
+  f.compute_at(g2, pl.Var("xo2"))
+  with pytest.raises(NotImplementedError, match="Func f at Func g2, whose update definitions read"):
+    pl.Pipeline(g2).compile()(data)
