@@ -162,7 +162,8 @@ class Measurer:
       proc.join()
       raise RuntimeError(
         f"measure worker died on start-up (exit code {proc.exitcode}); is {self.measure_fn!r} "
-        "importable from a fresh process?"
+        "importable from a fresh process? Workers are spawned and re-import the main module: "
+        "a script that measures needs an `if __name__ == '__main__':` guard"
       ) from None
     self._proc, self._conn = proc, parent
 

@@ -54,3 +54,20 @@ def test_in_process_mode_and_bad_arguments():
     Measurer(misbehaving, timeout=0)
   with pytest.raises(ValueError, match="cannot be sent to a worker process"):
     Measurer(lambda c: (lambda: None)).measure([{}])
+
+
+def test_unguarded_script_gets_a_message_naming_the_main_guard(tmp_path):
+  # Spawned workers re-import the main module; without a __main__ guard the worker dies.
+  import subprocess
+  import sys
+
+  script = tmp_path / "unguarded.py"
+  script.write_text(
+    "from jaxsched.tuning import Measurer\n"
+    "def fn(config):\n"
+    "  return lambda: None\n"
+    "Measurer(fn, repeats=1, warmup=0).measure([{}])\n"
+  )
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "needs an `if __name__ == '__main__':` guard" in out.stderr
