@@ -337,7 +337,7 @@ def _universe_task(app: str, size: int, table: dict[str, float], *, loop_nest: b
 
 
 def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, repeats, timeout,
-                    cache, plot, min_fit=8, ln_models=("xgb", "mlp")):
+                    cache, plot, min_fit=8, ln_models=("xgb", "mlp"), prior_mode="margin"):
   from jaxsched.tuning.search import Prior
 
   tables = {a: measure_universe(a, size, universe, repeats=repeats, timeout=timeout, cache=cache)
@@ -355,7 +355,7 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
     def run(method, seed, *, loop_nest, prior=None, app=app, table=table, budget=budget):
       kw = {} if method in baselines else {"tuner_kwargs": {"min_fit": min_fit}}
       if prior is not None:
-        kw["tuner_kwargs"]["prior"] = prior
+        kw["tuner_kwargs"].update(prior=prior, prior_mode=prior_mode)
       with tempfile.TemporaryDirectory() as d:
         return tune(_universe_task(app, size, table, loop_nest=loop_nest), trials=budget,
                     method=method, db=f"{d}/t.sqlite", target="bench",
@@ -449,6 +449,8 @@ def main() -> None:
                        "without transfer from the other apps); add treegru for the TreeGRU on "
                        "trees (slow: ~10 min a transfer run, each refit trains on the prior's "
                        "trees)")
+  ap.add_argument("--prior-mode", default="margin", choices=("margin", "pooled"),
+                  help="pipelines: how transfer uses the other apps' records (ModelTuner)")
   ap.add_argument("--no-throughput", action="store_true")
   args = ap.parse_args()
   if args.pipelines:
@@ -459,7 +461,7 @@ def main() -> None:
     bench_pipelines(args.apps.split(","), args.size, args.universe, args.methods.split(","),
                     args.seeds, args.trials, args.batch, repeats=args.repeats,
                     timeout=args.timeout, cache=args.cache, plot=args.plot,
-                    min_fit=args.min_fit,
+                    min_fit=args.min_fit, prior_mode=args.prior_mode,
                     ln_models=tuple(m for m in args.ln_models.split(",") if m))
     return
   global DESCRIPTOR

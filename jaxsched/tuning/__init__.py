@@ -29,6 +29,7 @@ _EXPORTS = {
   "Tree": "cost_models",
   "TreeBatch": "cost_models",
   "TreeGRUCostModel": "cost_models",
+  "TransferCostModel": "cost_models",
   "XGBCostModel": "cost_models",
   "make_cost_model": "cost_models",
   "pad_trees": "cost_models",

@@ -12,6 +12,7 @@ on the host, calling ``model.predict`` once per step.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -442,8 +443,14 @@ class ModelTuner(Tuner):
       ``prior`` is given, in which case the model is pre-trained on it and used from the start.
     ucb_kappa: if set, an ensemble of ``ensemble_size`` models gives mean/std and annealing uses
       the optimistic ``mean - ucb_kappa * std``.
-    prior: other workloads' records (transfer learning); they stay in the training set, each
-      workload its own rank group.
+    prior: other workloads' records (transfer learning).
+    prior_mode: how the prior is used. ``"margin"`` (AutoTVM's): a base model of the same kind
+      is fit on the prior once, and the tuner's model learns a correction to its margins from
+      this task's records alone (:class:`~cost_models.TransferCostModel`). ``"pooled"``: the
+      prior stays in the training set, each workload its own rank group (a large prior then
+      outweighs the task's own records).
+    transfer_kwargs: ``"margin"`` only: passed to :class:`~cost_models.TransferCostModel`
+      (``half_life``, ``rank_weighted``, ``min_rank_records``).
     model_kwargs: passed to the model factory.
   """
 
@@ -462,6 +469,8 @@ class ModelTuner(Tuner):
     ucb_kappa: float | None = None,
     ensemble_size: int = 4,
     prior: Prior | None = None,
+    prior_mode: str = "margin",
+    transfer_kwargs: dict[str, Any] | None = None,
     model_kwargs: dict[str, Any] | None = None,
   ):
     super().__init__(task, seed=seed)
@@ -469,16 +478,22 @@ class ModelTuner(Tuner):
       raise ValueError(f"{epsilon=} must be in [0, 1]")
     if min_fit < 2:
       raise ValueError(f"{min_fit=} must be >= 2 (a ranking model needs two measurements)")
+    if prior_mode not in ("margin", "pooled"):
+      raise ValueError(f"unknown {prior_mode=}; valid: 'margin', 'pooled'")
     kwargs = dict(model_kwargs or {})
+    base: cm.CostModel | None = None
     if isinstance(model, str):
       name = model
       if name not in cm.COST_MODELS:
         raise ValueError(f"unknown cost model {name!r}; valid: {sorted(cm.COST_MODELS)}")
       factory = lambda s: cm.make_cost_model(name, **{"seed": seed * 7919 + s, **kwargs})
+      base = factory(ensemble_size)  # the transfer base (used if a prior is given)
       if ucb_kappa is not None:
         model = cm.BootstrapEnsemble(factory, num_members=ensemble_size, seed=seed)
       else:
         model = factory(0)
+    elif prior is not None and prior_mode == "margin":
+      base = copy.deepcopy(model)  # unfitted: the same kind of model, fit on the prior
     if ucb_kappa is not None and not hasattr(model, "predict_ucb"):
       raise ValueError(f"ucb_kappa={ucb_kappa} needs an ensemble model with predict_ucb (e.g. "
                        f"BootstrapEnsemble), got {type(model).__name__}")
@@ -492,7 +507,9 @@ class ModelTuner(Tuner):
     self.min_fit = min_fit
     self.ucb_kappa = ucb_kappa
     self.prior = prior
+    self.prior_mode = prior_mode
     self._key = jax.random.key(seed)
+    self._tie_rng = np.random.default_rng([seed, 1])  # apart from self.rng's random picks
     self._feature_cache: dict[int, Any] = {}
     self._table = _padded_feature_table(self.space)
     self.fit_seconds = 0.0
@@ -502,12 +519,24 @@ class ModelTuner(Tuner):
         "ModelTuner: the prior has no trees, so the TreeGRU (on this task's trees) is not "
         "pre-trained on it; give Prior(trees=...) or Task.record_tree_fn", stacklevel=2)
     if self._prior_usable() and len(prior.costs) >= 2:
-      self._fit()
+      if prior_mode == "pooled":
+        self._fit()
+      else:
+        if not self.model.accepts_base_margin:
+          raise ValueError(f"prior_mode='margin' needs a model that accepts base_margin; "
+                           f"{self.model_name} does not (use prior_mode='pooled')")
+        start = time.perf_counter()
+        base.fit(self._prior_inputs(), prior.costs, groups=prior.groups)
+        self.model = cm.TransferCostModel(base, self.model, **(transfer_kwargs or {}))
+        self.fit_seconds += time.perf_counter() - start
 
   # Features ---------------------------------------------------------------------------------------
 
   def _uses_trees(self) -> bool:
-    return isinstance(self.model, cm.TreeGRUCostModel) and self.task.tree_fn is not None
+    m = self.model
+    m = m.local if isinstance(m, cm.TransferCostModel) else m
+    m = m.members[0] if isinstance(m, cm.BootstrapEnsemble) else m
+    return isinstance(m, cm.TreeGRUCostModel) and self.task.tree_fn is not None
 
   def _prior_usable(self) -> bool:
     return self.prior is not None and (not self._uses_trees() or self.prior.trees is not None)
@@ -531,11 +560,16 @@ class ModelTuner(Tuner):
 
   # Fitting and proposing --------------------------------------------------------------------------
 
+  def _prior_inputs(self) -> Any:
+    p = self.prior
+    return cm.pad_trees(list(p.trees)) if self._uses_trees() else p.features
+
   def _fit(self) -> None:
     start = time.perf_counter()
     costs = np.asarray(self.costs, np.float64)
     groups = np.zeros(len(self.costs), np.int64)
-    p = self.prior if self._prior_usable() else None
+    pooled = self._prior_usable() and self.prior_mode == "pooled"
+    p = self.prior if pooled else None
     if self._uses_trees():
       trees = [self._cached(k, lambda c: self.task.tree_fn(c)) for k in self.xs]
       trees = (list(p.trees) if p is not None else []) + trees
@@ -604,6 +638,9 @@ class ModelTuner(Tuner):
     idx = self.space.knobs_to_index(pts)
     _, first = np.unique(idx, return_index=True)
     keep = [i for i in first if int(idx[i]) not in self.visited]
+    # Ties broken at random, not by index: tree models predict many exact ties, and an index
+    # order made a tuner's path the same for every seed (a prior's ties picked the first points).
+    keep = [keep[i] for i in self._tie_rng.permutation(len(keep))]
     # Validity is checked on the best candidates only: the predicate may be slow Python.
     keep = sorted(keep, key=lambda i: es[i])
     valid = []

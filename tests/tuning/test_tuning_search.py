@@ -288,4 +288,51 @@ def test_treegru_transfer_uses_the_priors_trees():
     Prior(feats, costs, np.zeros(96), trees=prior.trees[:95])
   with pytest.raises(ValueError, match="1 rows, 1 groups, 96 costs"):
     Prior(feats[:1], costs, np.zeros(1))
-  assert isinstance(tuner.model, cm.TreeGRUCostModel)
+  assert isinstance(tuner.model, cm.TransferCostModel)
+  assert isinstance(tuner.model.base, cm.TreeGRUCostModel)
+
+
+def test_margin_transfer_fits_the_local_model_on_the_tasks_records_only():
+  """prior_mode="margin" (the default) keeps the prior out of the local fit; "pooled" puts it
+  in; ties in the prior's ranking are broken differently by different seeds."""
+  from jaxsched.tuning import cost_models as cm
+  from jaxsched.tuning.search import ModelTuner, Prior
+
+  rng = np.random.default_rng(4)
+  idx = rng.choice(SPACE.size, 64, replace=False)
+  cfgs = [SPACE.index_to_config(int(i)) for i in idx]
+  prior = Prior(SPACE.knob_features(SPACE.index_to_knobs(idx)),
+                np.array([_synthetic(c, 0.5) for c in cfgs]), np.zeros(64, np.int64))
+  seen = {}
+
+  class Spy(cm.XGBCostModel):
+    def fit(self, features, costs, *, groups=None, base_margin=None):
+      seen[len(costs)] = base_margin is not None
+      return super().fit(features, costs, groups=groups, base_margin=base_margin)
+
+  for mode in ("margin", "pooled"):
+    seen.clear()
+    tuner = ModelTuner(_task(), Spy(num_rounds=10), prior=prior, prior_mode=mode, min_fit=4)
+    picks = tuner.next_batch(8)
+    tuner.update(picks, [_synthetic(SPACE.knobs_to_config(k)) for k in picks])
+    assert seen == ({64: False, 8: True} if mode == "margin" else {64: False, 72: False})
+    assert isinstance(tuner.model, cm.TransferCostModel) == (mode == "margin")
+  # A constant prior ties every point: each seed then starts somewhere else.
+  flat = Prior(prior.features, np.ones(64), prior.groups)
+  firsts = {int(SPACE.knobs_to_index(ModelTuner(_task(), "xgb", seed=s, prior=flat)
+                                      .next_batch(1)[0])) for s in range(4)}
+  assert len(firsts) > 1, firsts
+  ucb = ModelTuner(_task(), "xgb", prior=prior, ucb_kappa=1.0, min_fit=4,
+                   model_kwargs={"num_rounds": 10})
+  picks = ucb.next_batch(4)
+  ucb.update(picks, [_synthetic(SPACE.knobs_to_config(k)) for k in picks])
+  assert isinstance(ucb.model.local, cm.BootstrapEnsemble) and ucb.model.local.fitted
+  assert len(ucb.next_batch(4)) == 4
+  with pytest.raises(ValueError, match="unknown prior_mode='mix'"):
+    ModelTuner(_task(), "xgb", prior=prior, prior_mode="mix")
+
+  class NoMargin(cm.XGBCostModel):
+    accepts_base_margin = False
+
+  with pytest.raises(ValueError, match="NoMargin does not"):
+    ModelTuner(_task(), NoMargin(), prior=prior)
