@@ -487,7 +487,8 @@ class ModelTuner(Tuner):
       if name not in cm.COST_MODELS:
         raise ValueError(f"unknown cost model {name!r}; valid: {sorted(cm.COST_MODELS)}")
       factory = lambda s: cm.make_cost_model(name, **{"seed": seed * 7919 + s, **kwargs})
-      base = factory(ensemble_size)  # the transfer base (used if a prior is given)
+      if prior is not None and prior_mode == "margin":
+        base = factory(ensemble_size)  # the transfer base, fit on the prior below
       if ucb_kappa is not None:
         model = cm.BootstrapEnsemble(factory, num_members=ensemble_size, seed=seed)
       else:
