@@ -451,6 +451,9 @@ class ModelTuner(Tuner):
       outweighs the task's own records).
     transfer_kwargs: ``"margin"`` only: passed to :class:`~cost_models.TransferCostModel`
       (``half_life``, ``rank_weighted``, ``min_rank_records``).
+    initial: the points measured before the model is fit: ``"space_filling"`` (each as
+      different from those measured as a random pool of candidates allows, a max-min design)
+      or ``"random"``.
     model_kwargs: passed to the model factory.
   """
 
@@ -471,6 +474,7 @@ class ModelTuner(Tuner):
     prior: Prior | None = None,
     prior_mode: str = "margin",
     transfer_kwargs: dict[str, Any] | None = None,
+    initial: str = "space_filling",
     model_kwargs: dict[str, Any] | None = None,
   ):
     super().__init__(task, seed=seed)
@@ -480,6 +484,9 @@ class ModelTuner(Tuner):
       raise ValueError(f"{min_fit=} must be >= 2 (a ranking model needs two measurements)")
     if prior_mode not in ("margin", "pooled"):
       raise ValueError(f"unknown {prior_mode=}; valid: 'margin', 'pooled'")
+    if initial not in ("space_filling", "random"):
+      raise ValueError(f"unknown {initial=}; valid: 'space_filling', 'random'")
+    self.initial = initial
     kwargs = dict(model_kwargs or {})
     base: cm.CostModel | None = None
     if isinstance(model, str):
@@ -631,9 +638,28 @@ class ModelTuner(Tuner):
     self.search_seconds += time.perf_counter() - start
     return pts, np.asarray(es, np.float64)
 
+  def _space_filling(self, n: int) -> list[np.ndarray]:
+    """``n`` unmeasured valid points, each as far (in knobs that differ) from the measured
+    points and the earlier picks as a random pool of candidates allows: the initial design
+    before a model exists. The first point of a tuning run is random."""
+    pool = self._random_unvisited(max(64, 8 * n))
+    if not pool or self.initial == "random":
+      return pool[:n]
+    pool = np.asarray(pool)
+    dist = np.full(len(pool), np.inf)
+    for k in self.xs:
+      dist = np.minimum(dist, (pool != np.asarray(k)).sum(1))
+    out = []
+    for _ in range(min(n, len(pool))):
+      j = int(np.argmax(dist))  # ties (and an empty history) go to the pool's random order
+      out.append(pool[j])
+      dist = np.minimum(dist, (pool != pool[j]).sum(1))
+      dist[j] = -1
+    return out
+
   def next_batch(self, batch_size: int) -> list[np.ndarray]:
     if not self.model.fitted:
-      return self._random_unvisited(batch_size)
+      return self._space_filling(batch_size)
     n_random = int(round(self.epsilon * batch_size))
     pts, es = self._rank_all() if self.space.size <= RANK_ALL_LIMIT else self._anneal()
     idx = self.space.knobs_to_index(pts)

@@ -336,3 +336,23 @@ def test_margin_transfer_fits_the_local_model_on_the_tasks_records_only():
 
   with pytest.raises(ValueError, match="NoMargin does not"):
     ModelTuner(_task(), NoMargin(), prior=prior)
+
+
+def test_initial_design_is_space_filling():
+  """Before the model is fit, picks are spread out: each differs from the measured points and
+  the other picks in as many knobs as a random pool allows (all 4 knobs of SPACE here)."""
+  from jaxsched.tuning.search import ModelTuner
+
+  for seed in range(3):
+    tuner = ModelTuner(_task(), "xgb", seed=seed, min_fit=16)
+    first = tuner.next_batch(1)
+    tuner.update(first, [_synthetic(SPACE.knobs_to_config(first[0]))])
+    picks = np.array(tuner.next_batch(4))
+    pts = np.concatenate([np.array(first), picks])
+    diff = (pts[:, None, :] != pts[None, :, :]).sum(-1)
+    assert diff[np.triu_indices(5, 1)].min() >= 3, diff
+    assert (diff[0, 1:] == 4).all(), diff  # all differ from the measured point in every knob
+    rand = ModelTuner(_task(), "xgb", seed=seed, min_fit=16, initial="random")
+    assert len(rand.next_batch(4)) == 4
+  with pytest.raises(ValueError, match="unknown initial='sobol'"):
+    ModelTuner(_task(), "xgb", initial="sobol")
