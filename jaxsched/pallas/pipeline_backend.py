@@ -800,6 +800,8 @@ def _plan_kernel(p: L.Plan, fp: L.FuncPlan, kind: str, bounds) -> _Kernel:
   luts: dict[int, tuple[int, int]] = {}
   derived: dict = {}
   for q in [*kids, fp]:
+    if q.func.extern is not None:
+      raise _Unsupported(f"compute_at producer {q.func.name} is an extern Func (a JAX function)")
     if q is not fp and len(q.stages) > 1:
       raise _Unsupported(f"compute_at producer {q.func.name} has update definitions")
     if q.func.ndim != f.ndim:

@@ -862,8 +862,10 @@ class Func:
   ) -> Func:
     """A Func whose values come from ``fn(*input_arrays, origin, shape)``.
 
-    ``fn`` receives the full input arrays, the region origin (tuple of ints) and region shape,
-    and must return an array of exactly that shape; it is always computed at root.
+    ``fn`` receives the full input arrays, the region origin and the region shape (a tuple of
+    ints), and must return an array of exactly that shape. It is computed at root by default;
+    ``compute_at`` (and ``store_at``) call it per tile or per sliding-window step, where the
+    origin's entries may be traced int32 scalars (read with ``jax.lax.dynamic_slice``).
     """
     f = cls(name)
     f.extern = _Extern(fn, tuple(inputs), tuple(Var(f"{f.name}_d{i}") for i in range(ndim)))

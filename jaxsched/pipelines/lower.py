@@ -733,9 +733,6 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
             f"compute Func {f.name} at root"
           )
     if comp[0] == "at":
-      if f.extern is not None:
-        raise NotImplementedError(f"compute_at: Func {f.name} is extern; compute it at root")
-
       if f.updates and f.sched.store:
         raise NotImplementedError(
           f"compute_at: Func {f.name} has update definitions and is stored elsewhere "
@@ -1148,17 +1145,21 @@ def _group_nest(p: Plan, fp: FuncPlan):
     body.append(lp)
     body = lp.children
   for ch in g.children:
-    kst = p.by_func[id(ch.func)].stages[0]
+    kp = p.by_func[id(ch.func)]
     lo = [ch.win_lo[d].astype(np.float64) for d in range(len(ch.win_ext))]
     hi = [lo[d] + ch.win_ext[d] - 1 for d in range(len(ch.win_ext))]
-    rb, names = _reads_bytes(kst, ch.func, lo, hi)
+    if ch.func.extern is None:
+      rb, names = _reads_bytes(kp.stages[0], ch.func, lo, hi)
+      ops = _ops(_stage_exprs(kp.stages[0]))
+    else:  # an extern's reads and work are its JAX function's, unknown here (as at root)
+      rb, names, ops = 0, (), 0
     comp = Compute(
       ch.func.name,
       0,
       ch.win_ext,
       str(ch.func.dtype),
       ch.points,
-      _ops(_stage_exprs(kst)),
+      ops,
       rb,
       ch.points * _itemsize(ch.func),
       ch.points / max(1, ch.required),

@@ -598,11 +598,24 @@ def _core_in_place(fp: L.FuncPlan) -> bool:
   return False
 
 
+def _eval_extern(fp: L.FuncPlan, mins: list[Any], exts: tuple[int, ...], bufs) -> jax.Array:
+  """An extern Func over a region: its JAX function on the full input arrays. Inside a tile
+  loop (compute_at) the origin's entries may be traced int32 scalars."""
+  f = fp.func
+  ins = [bufs[id(i)][0] for i in f.extern.inputs]
+  arr = jnp.asarray(f.extern.fn(*ins, tuple(mins), tuple(exts)))
+  if arr.shape != tuple(exts):
+    raise ValueError(f"extern Func {f.name} returned shape {arr.shape}, expected {tuple(exts)}")
+  return arr.astype(f.dtype)
+
+
 def _eval_pure(fp: L.FuncPlan, mins: list[Any], exts: tuple[int, ...], bufs, params):
   """Evaluate over a region. Statically placed regions with edge-clamped reads are peeled:
   the interior, where every clamp is inactive, is pure slices (fast on XLA); only thin border
   slabs pay for the clamping, and are written into place with dynamic_update_slice."""
-  if not all(_is_static(m) for m in mins) or fp.func.extern is not None:
+  if fp.func.extern is not None:
+    return _eval_extern(fp, mins, exts, bufs)
+  if not all(_is_static(m) for m in mins):
     return _eval_region(fp, mins, exts, bufs, params)
   inter = _interior(fp, mins, exts)
   full = [(m, m + e - 1) for m, e in zip(mins, exts, strict=True)]
@@ -1095,11 +1108,7 @@ def eval_root(p: L.Plan, fp: L.FuncPlan, bufs, params) -> jax.Array:
   mins = [m for m, _ in fp.region]
   exts = tuple(e for _, e in fp.region)
   if f.extern is not None:
-    ins = [bufs[id(i)][0] for i in f.extern.inputs]
-    arr = jnp.asarray(f.extern.fn(*ins, tuple(mins), exts))
-    if arr.shape != exts:
-      raise ValueError(f"extern Func {f.name} returned shape {arr.shape}, expected {exts}")
-    return arr.astype(f.dtype)
+    return _eval_extern(fp, mins, exts, bufs)
   if fp.group is not None:  # the pure definition tiled; updates read no per-tile producer
     arr = _run_group(p, fp, bufs, params)
   else:

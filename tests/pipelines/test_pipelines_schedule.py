@@ -1,5 +1,6 @@
 """Schedules: validation errors, results independent of schedule, the lowered loop nest."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -478,3 +479,57 @@ def test_compute_at_a_consumer_with_updates(backend):
   f.compute_at(g2, pl.Var("xo2"))
   with pytest.raises(NotImplementedError, match="Func f at Func g2, whose update definitions read"):
     pl.Pipeline(g2).compile()(data)
+
+
+def _extern_chain():
+  """``out[y, x] = e[y - 1, x] + e[y + 1, x] + e[y, x + 1]`` with ``e = 2 sin(img)``
+  (edge-clamped) an extern Func that records the region shapes it is asked for."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  shapes = []
+
+  def sine(arr, origin, shape):
+    shapes.append(tuple(shape))
+    padded = jnp.pad(arr, 1, mode="edge")
+    win = jax.lax.dynamic_slice(padded, (origin[0] + 1, origin[1] + 1), shape)
+    return 2.0 * jnp.sin(win)
+
+  e = pl.Func.define_extern(sine, [img], dtype=jnp.float32, ndim=2, name="e")
+  out = pl.Func("out")
+  out[y, x] = e[y - 1, x] + e[y + 1, x] + e[y, x + 1]
+  return e, out, y, x, shapes
+
+
+def _extern_ref(data, out_shape):
+  e = 2.0 * np.sin(np.pad(data.astype(np.float64), 1, mode="edge"))  # e[i, j] at [i + 1, j + 1]
+  h, w = out_shape
+  return e[0:h, 1 : w + 1] + e[2 : h + 2, 1 : w + 1] + e[1 : h + 1, 2 : w + 2]
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
+def test_extern_func_computed_per_tile_and_as_a_sliding_window(backend):
+  """An extern Func at a tile of its consumer (its JAX function gets each tile's window, at a
+  traced origin) and stored per strip with one new row per step; both equal numpy."""
+  data = np.random.default_rng(10).random((11, 9), dtype=np.float32)
+  e, out, y, x, shapes = _extern_chain()
+  xo, _ = _tile(out, x, y, backend)
+  e.compute_at(out, xo)
+  if backend == "xla":
+    got = _run(out, backend, data)
+  else:  # the consumer then runs on XLA between the kernels, and says so
+    from jaxsched.pallas.pipeline_backend import XlaFallbackWarning
+
+    with pytest.warns(XlaFallbackWarning, match="compute_at producer e is an extern Func"):
+      got = _run(out, backend, data)
+  np.testing.assert_allclose(got, _extern_ref(data, (11, 9)), rtol=1e-5, atol=1e-5)
+  if backend == "xla":  # 3x4 tiles plus a row above and below and a column to the right
+    assert shapes == [(5, 5)], shapes
+  e, out, y, x, shapes = _extern_chain()
+  yo, yi = pl.Var("yo"), pl.Var("yi")
+  out.split(y, yo, yi, 4)
+  e.store_at(out, yo).compute_at(out, yi)
+  np.testing.assert_allclose(
+    np.asarray(pl.Pipeline(out).compile()(data)), _extern_ref(data, (11, 9)), rtol=1e-5,
+    atol=1e-5
+  )
+  assert (1, 10) in shapes, shapes  # one new row per step
