@@ -533,3 +533,25 @@ def test_extern_func_computed_per_tile_and_as_a_sliding_window(backend):
     atol=1e-5
   )
   assert (1, 10) in shapes, shapes  # one new row per step
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
+def test_nested_split_inside_a_tile_is_a_hint(backend):
+  """A split of a tile's inner var (``xi -> xio, xii``) orders the work inside the tile: the
+  producers computed at ``xo`` give numpy's result. Computing them at the nested var (a second
+  tiling level) is still refused, by name."""
+  img, a, b, out, y, x = _chain()
+  xo, _ = _tile(out, x, y, backend)
+  xio, xii = pl.Var("xio"), pl.Var("xii")
+  out.split(pl.Var("xi"), xio, xii, 2).vectorize(xii)
+  b.compute_at(out, xo)
+  a.compute_root()
+  data = np.random.default_rng(11).random((11, 9), dtype=np.float32)
+  np.testing.assert_allclose(_run(out, backend, data), _chain_ref(data), rtol=1e-5, atol=1e-6)
+  if backend == "xla":
+    img, a, b, out, y, x = _chain()
+    _tile(out, x, y, backend)
+    out.split(pl.Var("xi"), xio, xii, 2)
+    b.compute_at(out, xio)
+    with pytest.raises(NotImplementedError, match=r"nested splits \('xi' -> 'xio', 'xii'\)"):
+      pl.Pipeline(out).compile()(data)
