@@ -172,3 +172,37 @@ def test_merged_block_with_offset_rdom_used_elsewhere(monkeypatch, chunk):
     sum(float(a[np.clip(4 * i + k, 0, 20)]) * (k + 5) for k in range(-2, 2)) for i in range(6)
   ]
   np.testing.assert_allclose(pl.Pipeline(m).compile()(a, output_shape=(6,)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [0, 32])
+def test_histogram_chunked_over_its_rdom(monkeypatch, chunk):
+  """A scatter-add whose Func dim is data-dependent (nothing in the region to split) runs in
+  chunks of its outermost RVar, the last one shorter; an offset RDom min and a where() mask
+  included. Equals numpy's bincount."""
+  monkeypatch.setattr(xla, "_SCATTER_CHUNK", chunk)
+  sizes = []
+  real = xla._rdom_chunks
+
+  def spy(rd, points):
+    out = real(rd, points)
+    if out is not None:
+      sizes.extend(int(c.ranges[-1][1].value) for c in out)
+    return out
+
+  monkeypatch.setattr(xla, "_rdom_chunks", spy)
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  i = pl.Var("i")
+  r = pl.RDom((1, img.extent(1) - 1), (2, img.extent(0) - 2), name="r")
+  r.where(img[r.y, r.x] < 0.9)
+  h = pl.Func("h")
+  h[i] = 0
+  h[pl.clamp(pl.cast(jnp.int32, img[r.y, r.x] * 8.0), 0, 7)] += 2
+  a = np.random.default_rng(4).random((13, 11), dtype=np.float32)
+  sub = a[2:, 1:]
+  sub = sub[sub < np.float32(0.9)]
+  want = 2 * np.bincount(np.clip((sub * np.float32(8.0)).astype(np.int64), 0, 7), minlength=8)
+  np.testing.assert_array_equal(pl.Pipeline(h).compile()(a, output_shape=(8,)), want)
+  if chunk:  # 11 rows of 10 points: 3 rows (30 <= 32 points) a chunk, then a tail of 2
+    assert sizes == [3, 3, 3, 2], sizes
+  else:
+    assert sizes == []
