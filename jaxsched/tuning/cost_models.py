@@ -806,6 +806,8 @@ class TransferCostModel(CostModel):
                        f"{type(local).__name__} does not")
     if half_life is not None and not half_life > 0:
       raise ValueError(f"{half_life=} must be > 0 (or None: no discount)")
+    if min_rank_records < 2:
+      raise ValueError(f"{min_rank_records=} must be >= 2 (a rank correlation needs two)")
     self.base = base
     self.local = local
     self.half_life = half_life

@@ -267,6 +267,8 @@ def test_transfer_bad_inputs():
     cm.TransferCostModel(base, NoMargin())
   with pytest.raises(ValueError, match="half_life=0"):
     cm.TransferCostModel(base, cm.XGBCostModel(), half_life=0)
+  with pytest.raises(ValueError, match="min_rank_records=1 must be >= 2"):
+    cm.TransferCostModel(base, cm.XGBCostModel(), min_rank_records=1)
   with pytest.raises(ValueError, match="makes its own base_margin"):
     cm.TransferCostModel(base, cm.XGBCostModel()).fit(xt, ct, base_margin=np.zeros(200))
   for name in ("xgb", "mlp"):
