@@ -113,11 +113,18 @@ def retain_freed_memory() -> None:
   XLA allocates its outputs on every call, and Halide its intermediate buffers; with glibc's
   defaults every 16 MB buffer is fresh zero-filled pages, and page faults in this VM cost
   2-10 ms a call, swamping the kernels being compared (blur: 12 ms vs 2.5 ms).
+
+  One malloc arena for every thread: buffers allocated by worker threads came from per-thread
+  arenas, whose heaps are mmapped and given back regardless of the settings above. Whether a
+  process got them depended on which threads allocated first, so the camera pipe's XLA root
+  ran at 14-16 ms in some processes and 20-25 ms in others (~8,000 minor page faults a call
+  against ~125; 2026-11-25). With one arena: 14-15 ms (min) in 6 processes of 6.
   """
   import ctypes
 
   libc = ctypes.CDLL("libc.so.6")
-  m_trim_threshold, m_mmap_threshold = -1, -3
+  m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+  libc.mallopt(m_arena_max, 1)
   libc.mallopt(m_mmap_threshold, 1 << 30)
   libc.mallopt(m_trim_threshold, 2**31 - 1)
 
