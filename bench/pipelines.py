@@ -41,7 +41,7 @@ retain`` makes glibc keep freed memory (``mallopt``, for the whole process) so t
 
   JAX_PLATFORMS=cpu python bench/pipelines.py [--size 2048] [--reps 10] [--apps blur harris]
       [--schedules manual mullapudi2016 adams2019] [--mismatch raise|warn]
-      [--settle 0.02] [--allocator retain|default]
+      [--settle 0.02] [--allocator retain|retain-one-arena|default] [--async-dispatch]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def timeit(fn: Callable[[], object], reps: int) -> float:
 SETTLE_S = 0.02
 
 
-def retain_freed_memory() -> None:
+def retain_freed_memory(*, one_arena: bool = False) -> None:
   """glibc: keep freed memory in the heap instead of returning it to the OS (what
   ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do), for this whole process.
 
@@ -114,17 +114,18 @@ def retain_freed_memory() -> None:
   defaults every 16 MB buffer is fresh zero-filled pages, and page faults in this VM cost
   2-10 ms a call, swamping the kernels being compared (blur: 12 ms vs 2.5 ms).
 
-  One malloc arena for every thread: buffers allocated by worker threads came from per-thread
-  arenas, whose heaps are mmapped and given back regardless of the settings above. Whether a
-  process got them depended on which threads allocated first, so the camera pipe's XLA root
-  ran at 14-16 ms in some processes and 20-25 ms in others (~8,000 minor page faults a call
-  against ~125; 2026-11-25). With one arena: 14-15 ms (min) in 6 processes of 6.
+  ``one_arena``: every thread allocates from the main arena (``M_ARENA_MAX=1``). Worker-thread
+  arenas are mmapped heaps of at most 64 MB, so larger blocks they serve are mmapped and given
+  back on free whatever the thresholds say. Off by default: it cured XLA's page faults (see
+  ``main``) but slowed Halide's camera pipe (manual schedule, 3 processes each: 8.4-11.4 ms
+  with per-thread arenas, 13.3-15.9 ms with one; its workers malloc concurrently).
   """
   import ctypes
 
   libc = ctypes.CDLL("libc.so.6")
   m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-  libc.mallopt(m_arena_max, 1)
+  if one_arena:
+    libc.mallopt(m_arena_max, 1)
   libc.mallopt(m_mmap_threshold, 1 << 30)
   libc.mallopt(m_trim_threshold, 2**31 - 1)
 
@@ -474,13 +475,25 @@ def main() -> None:
   ap.add_argument(
     "--allocator",
     default="retain",
-    choices=("retain", "default"),
-    help="retain: glibc keeps freed memory (see retain_freed_memory); default: glibc's defaults",
+    choices=("retain", "retain-one-arena", "default"),
+    help="retain: glibc keeps freed memory (see retain_freed_memory); retain-one-arena: the "
+    "same with one malloc arena for all threads; default: glibc's defaults",
+  )
+  ap.add_argument(
+    "--async-dispatch",
+    action="store_true",
+    help="run jaxsched's XLA executables on JAX's CPU dispatch threads (JAX's default)",
   )
   args = ap.parse_args()
-  if args.allocator == "retain":
-    retain_freed_memory()
-  print(f"allocator={args.allocator} settle={args.settle}s")
+  if args.allocator.startswith("retain"):
+    retain_freed_memory(one_arena=args.allocator == "retain-one-arena")
+  # XLA CPU allocates an executable's buffers on the thread that runs it. On JAX's dispatch
+  # threads (per-thread malloc arenas) blocks above 64 MB are fresh mmapped pages every call:
+  # in about half of the processes the camera pipe took ~8,200 minor page faults a call and
+  # ran at 21-27 ms instead of 14-16 ms (2026-11-25: 3 of 6 processes; with synchronous
+  # dispatch 0 of 8). Halide runs on its own threads either way.
+  jax.config.update("jax_cpu_enable_async_dispatch", bool(args.async_dispatch))
+  print(f"allocator={args.allocator} settle={args.settle}s async_dispatch={args.async_dispatch}")
   run(args.size, args.reps, args.apps, tuple(args.schedules), args.mismatch, args.settle)
 
 
