@@ -642,9 +642,11 @@ class ModelTuner(Tuner):
     """``n`` unmeasured valid points, each as far (in knobs that differ) from the measured
     points and the earlier picks as a random pool of candidates allows: the initial design
     before a model exists. The first point of a tuning run is random."""
+    if self.initial == "random":
+      return self._random_unvisited(n)
     pool = self._random_unvisited(max(64, 8 * n))
-    if not pool or self.initial == "random":
-      return pool[:n]
+    if not pool:
+      return pool
     pool = np.asarray(pool)
     dist = np.full(len(pool), np.inf)
     for k in self.xs:
