@@ -93,7 +93,7 @@ def test_camera_pipe_exact(h, w, seed):
   a.flat[0] = 1023  # a hot pixel
   want = R.camera_pipe(a)
   scheds = (
-    ("inline", "root", "tiled", "tiled_small", "sliding") if h > 1 else ("tiled_small", "sliding")
+    ("inline", "root", "root_demosaic", "tiled", "tiled_small", "sliding") if h > 1 else ("tiled_small", "sliding")
   )
   for sched in scheds:
     got = np.asarray(apps.make("camera_pipe", sched).compile()(a))
@@ -110,7 +110,7 @@ def test_camera_pipe_lowering_switches_exact(switch, monkeypatch):
   want = R.camera_pipe(a)
   for on in (True, False):
     monkeypatch.setattr(xla, switch, on)
-    for sched in ("inline", "root"):
+    for sched in ("inline", "root", "root_demosaic"):
       got = np.asarray(apps.make("camera_pipe", sched).compile()(a))
       np.testing.assert_array_equal(got, want, err_msg=f"{sched} {switch}={on}")
 

@@ -125,7 +125,7 @@ def test_camera_pipe_shared_stages_match_halide():
   assert np.ptp(got, axis=(1, 2)).min() > 20  # a real range of colours was compared
 
 
-@pytest.mark.parametrize("schedule", ["tiled", "root"])
+@pytest.mark.parametrize("schedule", ["tiled", "root", "root_demosaic"])
 def test_camera_pipe_matches_halide_grbg_peer_exactly(schedule):
   """jaxsched's camera pipe against Halide's independent version of the same algorithm."""
   raw = np.random.default_rng(12).integers(0, 1024, SHAPE).astype(np.uint16)

@@ -109,6 +109,21 @@ def root(g: AppGraph) -> None:
     g.funcs[n].compute_root()
 
 
+_DEMOSAIC = ("g_r", "g_b", "r_gr", "r_gb", "r_b", "b_gr", "b_gb", "b_r")
+
+
+def root_demosaic(g: AppGraph) -> None:
+  """``root`` plus the eight interpolated half-resolution planes of the demosaic.
+
+  With them inline, the output's three channels each recompute the demosaic taps (the colour
+  matrix reads all of red, green and blue, and XLA evaluates each output element on its own);
+  materialised, each is computed once and the output reads three values per pixel.
+  """
+  root(g)
+  for n in _DEMOSAIC:
+    g.funcs[n].compute_root()
+
+
 def _tiled(ty: int, tx: int):
   def sched(g: AppGraph) -> None:
     v = g.vars
@@ -137,6 +152,7 @@ APP = App(
     "xla": {
       "inline": inline,
       "root": root,
+      "root_demosaic": root_demosaic,
       "tiled": _tiled(64, 128),
       "tiled_small": _tiled(16, 32),
       "sliding": sliding,
@@ -146,7 +162,8 @@ APP = App(
   # tiled_small 84 ms, sliding 121 ms, inline 277 ms. Root evaluates the output per Bayer phase
   # (parity selects folded, half-resolution planes read as slices) and materialises the gamma
   # curve once; tiles have traced origins, so their parity is not static and they keep the
-  # selects (docs/pipelines.md).
-  default={"xla": "root"},
+  # selects (docs/pipelines.md). root_demosaic vs root, bench/pipelines.py --apps camera_pipe
+  # --reps 15 (2026-11-25): 13.9 vs 15.3 ms medians.
+  default={"xla": "root_demosaic"},
   description="raw Bayer -> hot pixels, demosaic, colour matrix, gamma curve (uint8 RGB)",
 )
