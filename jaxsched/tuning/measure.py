@@ -80,7 +80,19 @@ def run_candidate(
   return tuple(times)
 
 
-def _worker_main(conn: Any, measure_fn: Any, opts: dict[str, Any]) -> None:
+def _sync_dispatch() -> None:
+  """Makes jax in this process run CPU executables on the calling thread. jax reads the flag
+  when it creates its CPU client, so this must run before the candidate's first computation."""
+  import jax  # noqa: PLC0415 - only workers that are asked to pay for the import
+
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+def _worker_main(
+  conn: Any, measure_fn: Any, opts: dict[str, Any], sync_dispatch: bool = False
+) -> None:
+  if sync_dispatch:
+    _sync_dispatch()
   conn.send(("ready", None))
   while True:
     try:
@@ -109,6 +121,14 @@ class Measurer:
       (no crash/hang protection; for cheap trusted candidates and tests).
     min_time: see :func:`run_candidate`.
     startup_timeout: seconds allowed for a fresh worker to start (importing jax is slow).
+    sync_dispatch: workers run jax's CPU executables on the calling thread
+      (``jax_cpu_enable_async_dispatch=False``). With jax's default dispatch threads, glibc
+      serves their buffers from per-thread arenas whose heaps are at most 64 MB, so larger
+      buffers are mmapped and unmapped on every call (thousands of page faults per call) in
+      some processes and not in others: a candidate's time then depends on which worker
+      measured it (docs/pipelines.md). Only for ``isolate=True`` (the caller's own process is
+      left alone); it imports jax in the worker, so pass False for measure functions without
+      jax.
   """
 
   def __init__(
@@ -121,6 +141,7 @@ class Measurer:
     isolate: bool = True,
     min_time: float = 0.0,
     startup_timeout: float = 120.0,
+    sync_dispatch: bool = True,
   ):
     if repeats < 1 or warmup < 0:
       raise ValueError(f"{repeats=} must be >= 1 and {warmup=} >= 0")
@@ -131,6 +152,7 @@ class Measurer:
     self.timeout = float(timeout)
     self.isolate = isolate
     self.startup_timeout = float(startup_timeout)
+    self.sync_dispatch = bool(sync_dispatch)
     self._proc: Any = None
     self._conn: Any = None
     self.workers_started = 0
@@ -140,7 +162,11 @@ class Measurer:
   def _start(self) -> None:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_worker_main, args=(child, self.measure_fn, self.opts), daemon=True)
+    proc = ctx.Process(
+      target=_worker_main,
+      args=(child, self.measure_fn, self.opts, self.sync_dispatch),
+      daemon=True,
+    )
     try:
       proc.start()
     except (pickle.PicklingError, AttributeError, TypeError) as e:

@@ -24,6 +24,18 @@ def misbehaving(config):
   return lambda: sum(range(1000))
 
 
+def dispatch_flag(config):
+  """Fails unless this process's jax has ``jax_cpu_enable_async_dispatch == config["want"]``
+  and then runs a computation (its CPU client is created with that setting)."""
+  import jax
+  import jax.numpy as jnp
+
+  got = jax.config.values["jax_cpu_enable_async_dispatch"]
+  if got != config["want"]:
+    raise ValueError(f"jax_cpu_enable_async_dispatch={got}, wanted {config['want']}")
+  return lambda: jnp.ones(4) + 1
+
+
 def blocked_matmul(config):
   """``A @ B`` as a ``lax.map`` over row blocks of ``block_m`` and a scan over ``block_k`` chunks.
 

@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from _tuning_workloads import misbehaving
+from _tuning_workloads import dispatch_flag, misbehaving
 
 from jaxsched.tuning import Measurer
 from jaxsched.tuning.measure import run_candidate
@@ -41,6 +41,21 @@ def test_isolated_worker_records_failures_and_continues():
   # Three worker starts (each imports jaxsched) plus one 1.5 s hang: generous for a loaded
   # 2-core CI machine, still far below the 3600 s the hanging candidate would take.
   assert elapsed < 90
+
+
+def test_workers_dispatch_synchronously_unless_told_otherwise():
+  """Workers run jax on the calling thread by default (no dispatch-thread page faults); the
+  option restores jax's default. The caller's own jax is left as it was."""
+  import jax
+
+  before = jax.config.values["jax_cpu_enable_async_dispatch"]
+  with Measurer(dispatch_flag, repeats=1) as m:
+    sync = m.measure([{"want": False}, {"want": True}])
+  with Measurer(dispatch_flag, repeats=1, sync_dispatch=False) as m:
+    default = m.measure([{"want": True}])
+  assert [r.ok for r in sync] == [True, False] and default[0].ok, (sync, default)
+  assert "jax_cpu_enable_async_dispatch=False, wanted True" in sync[1].error
+  assert jax.config.values["jax_cpu_enable_async_dispatch"] == before
 
 
 def test_in_process_mode_and_bad_arguments():
