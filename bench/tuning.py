@@ -337,7 +337,8 @@ def _universe_task(app: str, size: int, table: dict[str, float], *, loop_nest: b
 
 
 def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, repeats, timeout,
-                    cache, plot, min_fit=8, ln_models=("xgb", "mlp"), prior_mode="margin"):
+                    cache, plot, min_fit=8, ln_models=("xgb", "mlp"), prior_mode="margin",
+                    knob_features=()):
   from jaxsched.tuning.search import Prior
 
   tables = {a: measure_universe(a, size, universe, repeats=repeats, timeout=timeout, cache=cache)
@@ -354,6 +355,8 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
 
     def run(method, seed, *, loop_nest, prior=None, app=app, table=table, budget=budget):
       kw = {} if method in baselines else {"tuner_kwargs": {"min_fit": min_fit}}
+      if loop_nest and method in knob_features:
+        kw["tuner_kwargs"]["knob_features"] = True
       if prior is not None:
         kw["tuner_kwargs"].update(prior=prior, prior_mode=prior_mode)
       with tempfile.TemporaryDirectory() as d:
@@ -399,9 +402,11 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
         f"measured for real; trials to within 5% of the universe's best (median over {seeds} "
         f"seeds; budget min({trials}, universe); batch {batch}; models used from {min_fit} "
         f"measurements; inf = not reached); random (exp.) = (N + 1) / (good + 1), the expected "
-        f"trials of random sampling without replacement; -LN = loop-nest features:")
+        f"trials of random sampling without replacement; -LN = loop-nest features; +K = the knob "
+        f"vector appended for the local model (the transfer base reads the loop nest only):")
   head = "".join(f"{m:>9}" for m in methods)
-  ln_head = "".join(f"{m + '-LN':>10}{'+trans':>7}" for m in ln_models)
+  ln_name = {m: m + ("-LN+K" if m in knob_features else "-LN") for m in ln_models}
+  ln_head = "".join(f"{ln_name[m]:>10}{'+trans':>7}" for m in ln_models)
   print(f"  {'app':16}{'configs':>8}{'good':>5}{'best ms':>9}{'rnd exp':>8}{head}{ln_head}")
   for app, n, _, n_good, best, ttg, tr in rows:
     cells = "".join(f"{np.median(ttg[m]):>9}" for m in methods)
@@ -410,7 +415,7 @@ def bench_pipelines(apps_, size, universe, methods, seeds, trials, batch, *, rep
     print(f"  {app:16}{n:>8}{n_good:>5}{best * 1e3:>9.2f}{(n + 1) / (n_good + 1):>8.1f}{cells}"
           f"{ln}")
   for app, n, n_ok, _, _, ttg, tr in rows:
-    ln = {m + ("+transfer" if t else ""): v for (m, t), v in tr.items()}
+    ln = {ln_name[m] + ("+transfer" if t else ""): v for (m, t), v in tr.items()}
     print(f"  {app}: per seed {ttg}; loop-nest {ln}; {n - n_ok} of {n} failed/timed out")
   if plot:
     from jaxsched.tuning.plot import plot_tuning_curves
@@ -451,6 +456,9 @@ def main() -> None:
                        "trees)")
   ap.add_argument("--prior-mode", default="margin", choices=("margin", "pooled"),
                   help="pipelines: how transfer uses the other apps' records (ModelTuner)")
+  ap.add_argument("--knob-features", default="",
+                  help="pipelines: comma-separated --ln-models that also get the raw knob vector "
+                       "(ModelTuner(knob_features=True))")
   ap.add_argument("--no-throughput", action="store_true")
   args = ap.parse_args()
   if args.pipelines:
@@ -462,7 +470,8 @@ def main() -> None:
                     args.seeds, args.trials, args.batch, repeats=args.repeats,
                     timeout=args.timeout, cache=args.cache, plot=args.plot,
                     min_fit=args.min_fit, prior_mode=args.prior_mode,
-                    ln_models=tuple(m for m in args.ln_models.split(",") if m))
+                    ln_models=tuple(m for m in args.ln_models.split(",") if m),
+                    knob_features=tuple(m for m in args.knob_features.split(",") if m))
     return
   global DESCRIPTOR
   DESCRIPTOR = args.descriptor

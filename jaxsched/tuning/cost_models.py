@@ -774,6 +774,15 @@ def _sum_apply(base_apply: Callable, local_apply: Callable) -> Callable:
   return apply
 
 
+@functools.lru_cache(maxsize=16)
+def _first_columns(apply: Callable, k: int) -> Callable:
+  # Cached like _sum_apply: the same static function for the same base across refits.
+  def first(params, x):
+    return apply(params, x[..., :k])
+
+  return first
+
+
 class TransferCostModel(CostModel):
   """A base model pre-trained on other workloads plus a local model fit on top of its margins.
 
@@ -795,10 +804,15 @@ class TransferCostModel(CostModel):
       with a blur+harris prior it did not help (xgb 16.5 -> 15, MLP 9 -> 12.5 trials, 10
       seeds; blur and harris unchanged; docs/tuning.md).
     min_rank_records: local records needed before ``rank_weighted`` applies.
+    base_columns: the base sees only the first ``base_columns`` feature columns (``None``: all).
+      The base must read features that mean the same in every workload; the local model may
+      read more, e.g. this workload's own knob vector appended (``ModelTuner(knob_features=
+      True)``). Needs ``[n, F]`` array features.
   """
 
   def __init__(self, base: CostModel, local: CostModel, *, half_life: float | None = None,
-               rank_weighted: bool = False, min_rank_records: int = 3):
+               rank_weighted: bool = False, min_rank_records: int = 3,
+               base_columns: int | None = None):
     if not base.fitted:
       raise ValueError("TransferCostModel needs a fitted base model (fit it on the prior first)")
     if not local.accepts_base_margin:
@@ -808,7 +822,10 @@ class TransferCostModel(CostModel):
       raise ValueError(f"{half_life=} must be > 0 (or None: no discount)")
     if min_rank_records < 2:
       raise ValueError(f"{min_rank_records=} must be >= 2 (a rank correlation needs two)")
+    if base_columns is not None and base_columns < 1:
+      raise ValueError(f"{base_columns=} must be >= 1 (or None: the base reads every column)")
     self.base = base
+    self.base_columns = base_columns
     self.local = local
     self.half_life = half_life
     self.rank_weighted = rank_weighted
@@ -831,7 +848,7 @@ class TransferCostModel(CostModel):
     if base_margin is not None:
       raise ValueError("TransferCostModel makes its own base_margin (from its base model)")
     self.num_local = int(jax.tree.leaves(features)[0].shape[0])
-    base = np.asarray(self.base.predict(features), np.float64)
+    base = np.asarray(self._base_predict(features), np.float64)
     self.trust = 1.0
     if self.rank_weighted and self.num_local >= self.min_rank_records:
       self.trust = max(0.0, _kendall_tau(base, _clean_costs(costs)))
@@ -839,8 +856,18 @@ class TransferCostModel(CostModel):
     self.local.fit(features, costs, groups=groups, base_margin=margin)
     return self
 
+  def _base_predict(self, features: Any) -> np.ndarray:
+    if self.base_columns is None:
+      return self.base.predict(features)
+    x = np.asarray(features) if isinstance(features, np.ndarray | jax.Array) else None
+    if x is None or x.ndim != 2 or x.shape[1] < self.base_columns:
+      shape = None if x is None else x.shape
+      raise ValueError(f"base_columns={self.base_columns} needs [n, F >= {self.base_columns}] "
+                       f"array features, got {type(features).__name__} of shape {shape}")
+    return self.base.predict(x[:, : self.base_columns])
+
   def _margin(self, features: Any) -> np.ndarray:
-    return self.discount * np.asarray(self.base.predict(features), np.float32)
+    return self.discount * np.asarray(self._base_predict(features), np.float32)
 
   def predict(self, features: Any) -> np.ndarray:
     margin = self._margin(features)
@@ -865,7 +892,9 @@ class TransferCostModel(CostModel):
     base, local = self.base.jax_apply(), self.local.jax_apply()
     if base is None or local is None:
       return None
-    return _sum_apply(base[0], local[0]), (jnp.float32(self.discount), base[1], local[1])
+    base_apply = base[0] if self.base_columns is None else _first_columns(base[0],
+                                                                          self.base_columns)
+    return _sum_apply(base_apply, local[0]), (jnp.float32(self.discount), base[1], local[1])
 
 
 # Registry ----------------------------------------------------------------------------------------

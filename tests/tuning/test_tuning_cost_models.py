@@ -221,6 +221,30 @@ def test_transfer_discount_and_jitted_form():
                              atol=1e-5)
 
 
+def test_transfer_base_reads_its_columns_only():
+  """base_columns=k: the base predicts from the first k columns, the local model from all (its
+  extra column here is the objective's log-cost, invalid points large, which only it can use)."""
+  xt, ct, xh, ch = _data(seed=13)
+  extra = lambda x: np.c_[x, np.minimum(np.log(_objective(x)), 30.0)].astype(np.float32)
+  base = cm.MLPCostModel(seed=0).fit(xt, ct)
+  model = cm.TransferCostModel(base, cm.MLPCostModel(seed=1), base_columns=xt.shape[1])
+  np.testing.assert_array_equal(model.predict(extra(xh)), base.predict(xh))
+  model.fit(extra(xt[:16]), ct[:16])
+  np.testing.assert_allclose(model.predict(extra(xh)),
+                             base.predict(xh) + model.local.predict(extra(xh)), rtol=1e-5,
+                             atol=1e-5)
+  apply, params = model.jax_apply()
+  jitted = np.asarray(jax.vmap(apply, in_axes=(None, 0))(params, jnp.asarray(extra(xh))))
+  np.testing.assert_allclose(jitted, model.predict(extra(xh)), rtol=1e-4, atol=1e-4)
+  assert _tau(model.predict(extra(xh)), ch) > 0.9
+  with pytest.raises(ValueError, match="base_columns=0 must be >= 1"):
+    cm.TransferCostModel(base, cm.MLPCostModel(), base_columns=0)
+  narrow = cm.TransferCostModel(base, cm.MLPCostModel(), base_columns=9)
+  with pytest.raises(ValueError, match=r"base_columns=9 needs \[n, F >= 9\] array features, "
+                                       r"got ndarray of shape \(4, 5\)"):
+    narrow.predict(extra(xh[:4]))
+
+
 def test_transfer_weights_the_base_by_how_it_ranks_the_local_records():
   """RGPE-style weight: Kendall's tau (numpy float64 double loop here) of the base's
   predictions on the local records, floored at 0; an anti-correlated base drops out."""

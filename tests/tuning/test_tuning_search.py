@@ -338,6 +338,65 @@ def test_margin_transfer_fits_the_local_model_on_the_tasks_records_only():
     ModelTuner(_task(), NoMargin(), prior=prior)
 
 
+def _no_k3(config):
+  """Workload-invariant stand-in features that cannot see knob k3."""
+  return np.log2([config["k0"], config["k1"], config["k2"]]).astype(np.float32)
+
+
+def test_knob_features_reach_the_local_model_and_not_the_base():
+  """knob_features=True appends the knob vector for the local model; the transfer base reads
+  only feature_fn's columns. Configs differing only in k3 (invisible to feature_fn) are told
+  apart only with the knobs appended."""
+  from jaxsched.tuning import cost_models as cm
+  from jaxsched.tuning.search import ModelTuner, Prior
+
+  task = Task(_task().workload, SPACE, measure_fn=None, feature_fn=_no_k3)
+  rng = np.random.default_rng(6)
+  idx = rng.choice(SPACE.size, 64, replace=False)
+  cfgs = [SPACE.index_to_config(int(i)) for i in idx]
+  prior = Prior(np.stack([_no_k3(c) for c in cfgs]),
+                np.array([_synthetic(c, 0.5) for c in cfgs]), np.zeros(64, np.int64))
+  shapes = []
+
+  class Spy(cm.XGBCostModel):
+    def fit(self, features, costs, *, groups=None, base_margin=None):
+      shapes.append((np.shape(features), base_margin is not None))
+      return super().fit(features, costs, groups=groups, base_margin=base_margin)
+
+  tuner = ModelTuner(task, Spy(num_rounds=20), prior=prior, knob_features=True, min_fit=4)
+  assert isinstance(tuner.model, cm.TransferCostModel) and tuner.model.base_columns == 3
+  k = SPACE.index_to_knobs(idx[:5])
+  x = tuner.model_inputs(k)
+  assert x.shape == (5, 7)
+  np.testing.assert_array_equal(x[:, 3:], SPACE.knob_features(k))
+  picks = tuner.next_batch(8)
+  tuner.update(picks, [_synthetic(SPACE.knobs_to_config(p)) for p in picks])
+  assert shapes == [((64, 3), False), ((8, 7), True)]
+  # Only k3 varies here (cost slope 0.1 per log2 step): with the knobs the model ranks it.
+  base = SPACE.config_to_knobs({"k0": 4, "k1": 32, "k2": 8, "k3": 1})
+  line = np.repeat(base[None], SPACE.sizes[3], 0)
+  line[:, 3] = np.arange(SPACE.sizes[3])
+  rows = rng.choice(SPACE.size, 48, replace=False)
+  for knobs_on in (True, False):
+    t = ModelTuner(task, "xgb", knob_features=knobs_on, min_fit=4)
+    ks = SPACE.index_to_knobs(rows)
+    t.update(list(ks), [_synthetic(SPACE.knobs_to_config(q)) for q in ks])
+    pred = t.model.predict(t.model_inputs(line))
+    if knobs_on:  # Kendall's tau against k3 (the cost grows with it)
+      n = len(pred)
+      tau = sum(np.sign(pred[j] - pred[i]) for i in range(n) for j in range(i + 1, n))
+      assert tau / (n * (n - 1) / 2) > 0.6, pred
+    else:
+      assert np.ptp(pred) == 0, pred
+  with pytest.raises(ValueError, match="this task has no feature_fn"):
+    ModelTuner(_task(), "xgb", knob_features=True)
+  with pytest.raises(ValueError, match="knob_features=True needs prior_mode='margin'"):
+    ModelTuner(task, "xgb", prior=prior, prior_mode="pooled", knob_features=True)
+  trees = Task(task.workload, SPACE, measure_fn=None, feature_fn=_no_k3, tree_fn=_config_tree)
+  with pytest.raises(ValueError, match="the TreeGRU reads"):
+    ModelTuner(trees, "treegru", knob_features=True)
+
+
 def test_initial_design_is_space_filling():
   """Before the model is fit, picks are spread out: each differs from the measured points and
   the other picks in as many knobs as a random pool allows (all 4 knobs of SPACE here)."""
