@@ -23,7 +23,10 @@ _KERNEL_FNS = {"matmul": "matmul", "depthwise_conv2d": "depthwise_conv2d",
 
 def _model_kwargs(args: Any) -> dict[str, Any]:
   """Cost-model tuner options from the command line (``run`` checked them)."""
-  return {} if args.min_fit is None else {"min_fit": args.min_fit}
+  kwargs: dict[str, Any] = {} if args.min_fit is None else {"min_fit": args.min_fit}
+  if getattr(args, "knob_features", False):
+    kwargs["knob_features"] = True
+  return kwargs
 
 def _shape(text: str) -> tuple[int, ...]:
   try:
@@ -56,6 +59,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                       "app spaces: --features loop_nest --batch-size 1 --min-fit 3)")
   p.add_argument("--features", default="knobs", choices=("knobs", "loop_nest"),
                  help="apps: cost-model features (loop_nest transfers across apps; slower)")
+  p.add_argument("--knob-features", action="store_true",
+                 help="apps, --features loop_nest, xgb/mlp: the model also reads the raw knob "
+                      "vector (with --transfer the pre-trained base reads the loop nest only)")
   p.add_argument("--transfer", action="store_true",
                  help="pre-train the model on this op's other workloads in the database")
   p.add_argument("--target", default=None,
@@ -86,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
   if args.min_fit is not None and args.method not in ("xgb", "mlp", "treegru"):
     return _fail(f"--min-fit applies to the cost-model methods (xgb, mlp, treegru), not "
                  f"--method {args.method}")
+  if args.knob_features and (args.features != "loop_nest" or args.method not in ("xgb", "mlp")):
+    return _fail(f"--knob-features appends the knob vector to loop-nest features for xgb or "
+                 f"mlp; got --features {args.features} --method {args.method}")
   if args.min_fit is not None and args.min_fit < 2:
     return _fail(f"--min-fit={args.min_fit} must be >= 2 (a ranking model needs two "
                  "measurements)")

@@ -49,6 +49,9 @@ def test_tune_blur_random_records_resumes_and_plots(tmp_path, capsys):
   (["blur", "--shape", "64,64", "--method", "xgb", "--min-fit", "1"], ["--min-fit=1", ">= 2"]),
   (["blur", "--shape", "64,64", "--method", "random", "--min-fit", "3"], ["--min-fit", "random"]),
   (["matmul", "--shape", "64,64", "--shape", "64,64"], ["interpret", "h100"]),
+  (["blur", "--shape", "64,64", "--knob-features"], ["--knob-features", "--features knobs"]),
+  (["blur", "--shape", "64,64", "--features", "loop_nest", "--method", "treegru",
+    "--knob-features"], ["--knob-features", "--method treegru"]),
   (["matmul", "--shape", "64,64", "--shape", "32,64", "--target", "h100"], ["64"]),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path, capsys, args, needles):
@@ -68,6 +71,25 @@ def test_kernel_for_another_device_compiles_but_does_not_time(tmp_path, capsys):
   assert "NOT TIMED" in out and "compiled 2 of" in out
   with dbm.TuningDatabase(db_path) as db:
     assert all(not math.isfinite(r.time or math.inf) for r in db.records())
+
+
+def test_knob_features_reach_the_tuner(tmp_path, capsys, monkeypatch):
+  from jaxsched.tuning import search
+
+  made = []
+  real = search.ModelTuner.__init__
+
+  def spy(self, *a, **kw):
+    made.append(kw.get("knob_features"))
+    real(self, *a, **kw)
+
+  monkeypatch.setattr(search.ModelTuner, "__init__", spy)
+  code = _tune("blur", "--shape", "32,64", "--trials", 4, "--batch-size", 2, "--method", "xgb",
+               "--features", "loop_nest", "--knob-features", "--db", tmp_path / "k.sqlite",
+               "--in-process", "--no-progress", "--repeats", 1, "--min-fit", 2)
+  out = capsys.readouterr().out
+  assert code == 0 and "measured 4 configs" in out, out
+  assert made == [True]
 
 
 def test_model_method_tunes_a_schedule(tmp_path, capsys, method="xgb"):
