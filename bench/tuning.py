@@ -461,6 +461,11 @@ def main() -> None:
                        "(ModelTuner(knob_features=True))")
   ap.add_argument("--no-throughput", action="store_true")
   args = ap.parse_args()
+  knob_models = {m for m in args.knob_features.split(",") if m}
+  ln_models = {m for m in args.ln_models.split(",") if m}
+  if not knob_models <= ln_models & {"xgb", "mlp"}:
+    ap.error(f"--knob-features {sorted(knob_models)}: each must be xgb or mlp and in "
+             f"--ln-models {sorted(ln_models)}")
   if args.pipelines:
     if not args.no_throughput:
       tp = bench_throughput()
