@@ -24,7 +24,7 @@ _KERNEL_FNS = {"matmul": "matmul", "depthwise_conv2d": "depthwise_conv2d",
 def _model_kwargs(args: Any) -> dict[str, Any]:
   """Cost-model tuner options from the command line (``run`` checked them)."""
   kwargs: dict[str, Any] = {} if args.min_fit is None else {"min_fit": args.min_fit}
-  if getattr(args, "knob_features", False):
+  if args.knob_features:
     kwargs["knob_features"] = True
   return kwargs
 
