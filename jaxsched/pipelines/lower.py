@@ -779,29 +779,69 @@ def whole_dims(f: ir.Func) -> tuple[int, ...]:
   return tuple(sorted(out))
 
 
-def _dim_loops(
-  stage_sched, f: ir.Func, tile_loops: frozenset[str] = frozenset()
-) -> dict[str, tuple[str, str | None, int]]:
-  """For each loop var: (pure dim, role 'o'/'i'/None, factor). A nested split whose vars all
-  lie inside the tile (none of them in ``tile_loops``) only orders the work within a tile, a
-  hint to a vectorised backend; it is left out."""
-  out: dict[str, tuple[str, str | None, int]] = {}
-  pure = {v.name for v in f.args}
-  for v in pure:
-    out[v] = (v, None, 1)
-  for old, o, i, fac in stage_sched.splits:
-    if old not in pure or old not in out or out[old][1] is not None:
-      if not {old, o, i} & tile_loops:
-        continue
-      raise NotImplementedError(
-        f"compute_at inside Func {f.name}: nested splits ({old!r} -> {o!r}, {i!r}) are not "
-        "supported by the tiled lowering at or outside the compute_at/store_at loop; split "
-        "each dim once there (splits inside the tile are fine)"
-      )
-    del out[old]
-    out[o] = (old, "o", fac)
-    out[i] = (old, "i", fac)
-  return out
+def _var_graph(sched, sizes: dict[str, int]):
+  """The loop vars of a stage as nodes: its dims, then one node per split/fuse result, in the
+  order applied (a name may be reused: ``split(y, y, yi, 8)``).
+
+  Returns ``(ext, steps, cur)``: the extent of each node, the transforms over node ids
+  (``("split", old, o, i, factor)`` with the factor capped at the old extent, ``("fuse",
+  inner, outer, fused)``), and the node of each current loop name."""
+  ext: list[int] = []
+  cur: dict[str, int] = {}
+
+  def node(name: str, e: int) -> int:
+    cur[name] = len(ext)
+    ext.append(e)
+    return cur[name]
+
+  for n, e in sizes.items():
+    node(n, e)
+  steps: list[tuple] = []
+  for t in sched.transforms:
+    if t[0] == "split":
+      _, old, o, i, fac = t
+      if old in cur:
+        a = cur.pop(old)
+      else:  # a var without a size here: extent 1
+        a = len(ext)
+        ext.append(1)
+      fe = min(fac, ext[a])
+      steps.append(("split", a, node(o, -(-ext[a] // fe)), node(i, fe), fe))
+    else:
+      _, i, o, fu = t
+      ni, no = cur.pop(i), cur.pop(o)
+      steps.append(("fuse", ni, no, node(fu, ext[ni] * ext[no])))
+  return ext, steps, cur
+
+
+def _tile_box(ext, steps, cur, fixed: dict[str, np.ndarray], ndim: int):
+  """Per tile, the box of each dim's values: ``(lo, hi)`` arrays (relative to the dim's min)
+  when the loops in ``fixed`` take the given values and every other loop runs its whole
+  extent. Splits are ``old = min(o * f, n - f) + i`` (the ragged tail shifted inwards) and
+  monotone in ``o`` and ``i``; a fused loop ``t = outer * n_inner + inner`` covers whole rows
+  of ``inner`` unless its range stays inside one, so a box holds every point (exact for
+  splits, the bounding box of a fused range)."""
+  lo: dict[int, np.ndarray] = {}
+  hi: dict[int, np.ndarray] = {}
+  for name, n in cur.items():
+    if name in fixed:
+      lo[n] = hi[n] = fixed[name]
+    else:
+      lo[n], hi[n] = np.int64(0), np.int64(ext[n] - 1)
+  for st in reversed(steps):
+    if st[0] == "split":
+      _, a, o, i, fe = st
+      top = ext[a] - fe
+      lo[a] = np.minimum(lo[o] * fe, top) + lo[i]
+      hi[a] = np.minimum(hi[o] * fe, top) + hi[i]
+    else:
+      _, ni, no, fu = st
+      w = ext[ni]
+      lo[no], hi[no] = lo[fu] // w, hi[fu] // w
+      one_row = lo[no] == hi[no]
+      lo[ni] = np.where(one_row, lo[fu] % w, 0)
+      hi[ni] = np.where(one_row, hi[fu] % w, w - 1)
+  return [(lo[d], hi[d]) for d in range(ndim)]  # the dims are the first nodes
 
 
 def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
@@ -833,10 +873,6 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
   vs = svars.pop() if svars else vc
   st = c.definitions[0].schedule
   loops = st.loops
-  for fu in st.fuses:
-    if fu[2] in loops[: loops.index(vc) + 1]:
-      raise NotImplementedError(f"compute_at Func {c.name}: fused loop {fu[2]!r} is not supported")
-  roles = _dim_loops(st, c, frozenset(loops[: loops.index(vc) + 1]))
   inner_set = loops[: loops.index(vc) + 1]
   outer_set = [] if vs == "<root>" else loops[: loops.index(vs) + 1]
   if vs != "<root>" and loops.index(vs) > loops.index(vc):
@@ -844,17 +880,12 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
       f"store_at var {vs!r} must be at or outside compute_at var {vc!r} "
       f"in Func {c.name}'s loops {loops}"
     )
-  region = dict(zip([v.name for v in c.args], fp.region, strict=True))
+  ndim = c.ndim
+  region = [fp.region[k] for k in range(ndim)]
+  n_ext, steps, cur = _var_graph(st, {v.name: region[k][1] for k, v in enumerate(c.args)})
 
   def count(name: str) -> int:
-    d, role, fac = roles[name]
-    n = region[d][1]
-    fe = min(fac, n)
-    if role == "o":
-      return -(-n // fe)
-    if role == "i":
-      return fe
-    return n
+    return n_ext[cur[name]]
 
   def combos(names):
     return list(itertools.product(*[range(count(n)) for n in names])) or [()]
@@ -868,34 +899,17 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
       f"fine-grained for a vectorised backend (max {MAX_TILE_STEPS}); compute at an outer loop"
     )
   a_n, b_n = len(oc), len(ic)
-  ndim = c.ndim
+  fixed = {n: _loop_values(n, outer_names, inner_names, oc, ic) for n in inner_set}
+  # Each step's consumer tile: the box of points its loops cover. Boxes of one size (the
+  # largest) keep the vectorised backends' tiles static; a smaller box (a ragged nested split,
+  # a fused range) grows inside the region, which only recomputes points.
   origin = np.zeros((ndim, a_n, b_n), np.int64)
   ext = []
-  for k, v in enumerate(c.args):
-    lo, n = region[v.name]
-    names = [m for m, r in roles.items() if r[0] == v.name]
-    iterated = [m for m in names if m in inner_set]
-    if not iterated:
-      ext.append(n)
-      origin[k] = lo
-      continue
-    if len(names) == 2:
-      o = next(m for m in names if roles[m][1] == "o")
-      i = next(m for m in names if roles[m][1] == "i")
-      fe = min(roles[o][2], n)
-      if o not in inner_set:
-        raise NotImplementedError(
-          f"compute_at Func {c.name}: inner loop {i!r} is outside its outer loop {o!r}"
-        )
-      ext.append(1 if i in inner_set else fe)
-    else:
-      o, i, fe = names[0], None, 1
-      ext.append(1)
-    tv = _loop_values(o, outer_names, inner_names, oc, ic)
-    base = np.minimum(tv * fe, n - fe) if i is not None or len(names) == 2 else tv
-    if i is not None and i in inner_set:
-      base = base + _loop_values(i, outer_names, inner_names, oc, ic)
-    origin[k] = lo + base
+  for k, (blo, bhi) in enumerate(_tile_box(n_ext, steps, cur, fixed, ndim)):
+    blo = np.broadcast_to(blo, (a_n, b_n))
+    e = int(np.max(np.broadcast_to(bhi, (a_n, b_n)) - blo + 1))
+    ext.append(e)
+    origin[k] = region[k][0] + np.minimum(blo, region[k][1] - e)
   ext_t = tuple(ext)
 
   # Group bounds: regions of each child per (a, b), consumers first.
@@ -1117,14 +1131,8 @@ def _stage_nest(p: Plan, fp: FuncPlan, k: int, st: Stage, lo, hi, shape):
 
 
 def _loop_extents(sched, sizes: dict[str, int]) -> dict[str, int]:
-  ext = dict(sizes)
-  for old, o, i, fac in sched.splits:
-    n = ext.get(old, 1)
-    fe = min(fac, n)
-    ext[o], ext[i] = -(-n // fe), fe
-  for i, o, fused in sched.fuses:
-    ext[fused] = ext.get(i, 1) * ext.get(o, 1)
-  return ext
+  ext, _, cur = _var_graph(sched, sizes)
+  return {name: ext[n] for name, n in cur.items()}
 
 
 def _group_nest(p: Plan, fp: FuncPlan):

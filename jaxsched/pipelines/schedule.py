@@ -11,8 +11,9 @@ What each directive means per backend (see docs/pipelines.md):
   the loops of ``f`` down to ``v``; ``store_at(f, vs)`` + ``compute_at(f, vc)`` with ``vc``
   inside ``vs`` is a sliding window (a scan that computes only the new part each step).
   ``unroll`` of a small pure dim evaluates one index at a time (selects on it fold away);
-  ``parallel``, ``vectorize``, other ``unroll``s, ``fuse`` and splits of Funcs without
-  ``compute_at`` producers are hints only on XLA (recorded in ``Pipeline.lower()``).
+  ``parallel``, ``vectorize``, other ``unroll``s, and splits and fuses of loops inside the
+  tile (or of Funcs without ``compute_at`` producers) are hints only on XLA (recorded in
+  ``Pipeline.lower()``).
 * ``bound(v, min, extent)`` fixes the computed region of a dim on every backend.
 """
 
@@ -52,6 +53,8 @@ class Stage:
     self.kinds: dict[str, str] = {}
     self.splits: list[tuple[str, str, str, int]] = []  # (old, outer, inner, factor)
     self.fuses: list[tuple[str, str, str]] = []  # (inner, outer, fused)
+    # Splits and fuses in the order applied (a fuse of split vars, a split of a fused var).
+    self.transforms: list[tuple] = []  # ("split", old, o, i, f) | ("fuse", inner, outer, fused)
 
   @property
   def loops(self) -> list[str]:
@@ -88,6 +91,7 @@ class Stage:
     k = self.loops.index(name)
     self.loops[k : k + 1] = [o, i]
     self.splits.append((name, o, i, f))
+    self.transforms.append(("split", name, o, i, f))
     return self
 
   def tile(self, *args: Any) -> Stage:
@@ -114,7 +118,10 @@ class Stage:
     return self
 
   def fuse(self, inner: Any, outer: Any, fused: Any) -> Stage:
-    """Fuse two loops into one (a hint on XLA)."""
+    """Fuse two loops into one, ``fused = outer * extent(inner) + inner``.
+
+    A fused loop at or outside a ``compute_at`` var is a tile loop (Halide's parallel tiles:
+    ``tile(...).fuse(xo, yo, t)``); inside the tile it is a hint on XLA."""
     i, o, f = self._where(inner, "fuse"), self._where(outer, "fuse"), var_name(fused)
     if i == o:
       raise ValueError(f"fuse of Func {self.func.name}: inner and outer are both {i!r}")
@@ -123,6 +130,7 @@ class Stage:
     self.loops.remove(o)
     self.loops.insert(k, f)
     self.fuses.append((i, o, f))
+    self.transforms.append(("fuse", i, o, f))
     return self
 
   def _mark(self, var: Any, kind: str, factor: int | None) -> Stage:

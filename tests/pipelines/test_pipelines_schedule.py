@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxsched.pipelines as pl
-from jaxsched.pipelines import apps
+from jaxsched.pipelines import apps, lower
 from jaxsched.pipelines.lower import whole_dims
 
 
@@ -538,8 +538,7 @@ def test_extern_func_computed_per_tile_and_as_a_sliding_window(backend):
 @pytest.mark.parametrize("backend", ["xla", "pallas-gpu", "pallas-tpu"])
 def test_nested_split_inside_a_tile_is_a_hint(backend):
   """A split of a tile's inner var (``xi -> xio, xii``) orders the work inside the tile: the
-  producers computed at ``xo`` give numpy's result. Computing them at the nested var (a second
-  tiling level) is still refused, by name."""
+  producers computed at ``xo`` give numpy's result."""
   img, a, b, out, y, x = _chain()
   xo, _ = _tile(out, x, y, backend)
   xio, xii = pl.Var("xio"), pl.Var("xii")
@@ -548,10 +547,94 @@ def test_nested_split_inside_a_tile_is_a_hint(backend):
   a.compute_root()
   data = np.random.default_rng(11).random((11, 9), dtype=np.float32)
   np.testing.assert_allclose(_run(out, backend, data), _chain_ref(data), rtol=1e-5, atol=1e-6)
-  if backend == "xla":
-    img, a, b, out, y, x = _chain()
-    _tile(out, x, y, backend)
-    out.split(pl.Var("xi"), xio, xii, 2)
-    b.compute_at(out, xio)
-    with pytest.raises(NotImplementedError, match=r"nested splits \('xi' -> 'xio', 'xii'\)"):
-      pl.Pipeline(out).compile()(data)
+
+
+def _tiles(nest, func):
+  """``(tile loops outermost first as (var, extent), shape)`` of each Compute of ``func``."""
+  found, path = [], []
+
+  def walk(nodes):
+    for n in nodes:
+      if isinstance(n, lower.Compute):
+        if n.func == func:
+          found.append((list(path), n.shape))
+        continue
+      tile = isinstance(n, lower.Loop) and n.kind == "tile"
+      if tile:
+        path.append((n.var, n.extent))
+      walk(n.children)
+      if tile:
+        path.pop()
+
+  walk(nest.roots)
+  return found
+
+
+def _loops(*names):
+  return (pl.Var(n) for n in names)
+
+
+# Halide's tutorial idioms, each with `b` computed (or stored) at a loop of `out` made by them;
+# `out` reads `b` at [y, x] and [y, x + 2], so b's window is the tile plus two columns.
+def _nested_at(out, a, b, y, x):  # a second tiling level
+  yo, yi, yio, yii = _loops("yo", "yi", "yio", "yii")
+  out.split(y, yo, yi, 6).split(yi, yio, yii, 3)
+  b.compute_at(out, yio)
+
+
+def _fused_tiles(out, a, b, y, x):  # tiles fused into one parallel loop (Halide lesson 8)
+  xo, yo, xi, yi, t = _loops("xo", "yo", "xi", "yi", "t")
+  out.tile(x, y, xo, yo, xi, yi, 4, 3).fuse(xo, yo, t).parallel(t)
+  b.compute_at(out, t)
+
+
+def _sliding_in_strips(out, a, b, y, x):  # a sliding window inside each strip
+  yo, yi, yio, yii = _loops("yo", "yi", "yio", "yii")
+  out.split(y, yo, yi, 8).split(yi, yio, yii, 2)
+  b.compute_inline()
+  a.store_at(out, yo).compute_at(out, yio)  # 2 new rows of a per step, 10 stored per strip
+
+
+def _fused_then_split(out, a, b, y, x):  # chunks of the flattened image: bounding boxes
+  t, to, ti = _loops("t", "to", "ti")
+  out.fuse(x, y, t).split(t, to, ti, 20)
+  b.compute_at(out, to)
+
+
+def _ragged_nested(out, a, b, y, x):  # 7-row strips in 3-row tiles: the last shifted inwards
+  yo, yi, yio, yii = _loops("yo", "yi", "yio", "yii")
+  out.split(y, yo, yi, 7).split(yi, yio, yii, 3)
+  b.compute_at(out, yio)
+
+
+def _inner_outside(out, a, b, y, x):  # an inner loop outside its outer loop: strided tiles
+  xo, yo, xi, yi = _loops("xo", "yo", "xi", "yi")
+  out.tile(x, y, xo, yo, xi, yi, 4, 3).reorder(xo, yi, xi, yo)  # loops yo, xi, yi, xo
+  b.compute_at(out, xi)
+
+
+@pytest.mark.parametrize(
+  ("sched", "tiles", "tile", "window"),
+  [
+    (_nested_at, [("yo", 2), ("yio", 2)], (3, 9), (3, 11)),
+    (_fused_tiles, [("t", 12)], (3, 4), (3, 6)),
+    (_sliding_in_strips, [("yo", 2), ("yio", 4)], (2, 9), (2, 11)),  # a's new rows
+    (_fused_then_split, [("to", 5)], (3, 9), (3, 11)),
+    (_ragged_nested, [("yo", 2), ("yio", 3)], (3, 9), (3, 11)),
+    # x in {xi, 4 + xi, 5 + xi} (the last x tile shifted inwards): a box of 6 columns
+    (_inner_outside, [("yo", 4), ("xi", 4)], (3, 6), (3, 8)),
+  ],
+)
+def test_tiles_from_nested_splits_and_fused_loops(sched, tiles, tile, window):
+  """Producers computed (or stored) at a loop made by nested splits or fuses: each step's
+  tile is the box of points its loops cover (exact for splits, the bounding box of a fused
+  range, a ragged tail shifted inwards), and results equal numpy."""
+  img, a, b, out, y, x = _chain()
+  a.compute_root()
+  sched(out, a, b, y, x)
+  data = np.random.default_rng(12).random((11, 9), dtype=np.float32)
+  np.testing.assert_allclose(_run(out, "xla", data), _chain_ref(data), rtol=1e-5, atol=1e-6)
+  nest = pl.Pipeline(out).lower((11, 9))
+  assert _tiles(nest, "out") == [(tiles, tile)]
+  ((p_loops, p_shape),) = _tiles(nest, "a" if sched is _sliding_in_strips else "b")
+  assert (p_loops, p_shape) == (tiles, window)
