@@ -708,11 +708,11 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
           f"{what}: Func {g.name} has no loop var {var!r} (Func {f.name} scheduled there); "
           f"its loops are {loops}"
         )
-      if fplans[id(g)].level != "root" and what == "store_at":
-        raise NotImplementedError(
-          f"store_at: Func {f.name} at Func {g.name}, which is itself compute_at: a sliding "
-          f"window inside a nested compute_at is not supported; drop the store_at (Func "
-          f"{f.name} is then computed per tile of Func {g.name}'s consumer)"
+      if what == "store_at" and comp[1] is g and loops.index(var) > loops.index(comp[2]):
+        raise ValueError(
+          f"store_at: Func {f.name} is stored at Func {g.name}'s loop {var!r}, inside the loop "
+          f"{comp[2]!r} it is computed at; the store level must be at or outside the compute "
+          f"level (loops outermost first: {loops})"
         )
       if g.updates:
         # The tile loop computes the consumer's pure definition; its updates then run over the
@@ -847,39 +847,30 @@ def _tile_box(ext, steps, cur, fixed: dict[str, np.ndarray], ndim: int):
 def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
   c = fp.func
   kids = consumers_of_at(fp, order)
-  cvars = {k.home[2] for k in kids}
   loops = c.definitions[0].schedule.loops
-  if len(cvars) > 1:
-    if any(k.func.sched.store for k in kids) or not cvars <= set(loops):
-      raise NotImplementedError(
-        f"producers of Func {c.name} are computed at different loops {sorted(cvars)} and "
-        "some are stored elsewhere (store_at): use one compute_at var per consumer"
-      )
-    # Producers computed at different loops of one consumer all run at the outermost of
-    # those loops (one level of tile loops): a coarser tile, the same values.
-    cvars = {min(cvars, key=loops.index)}  # loops are outermost first
-  vc = cvars.pop()
-  svars = {
-    k.func.sched.store[2]
-    if k.func.sched.store and k.func.sched.store[0] == "at"
-    else ("<root>" if k.func.sched.store else vc)
-    for k in kids
-  }
-  svars.discard(vc)
-  if len(svars) > 1:
-    raise NotImplementedError(
-      f"producers of Func {c.name} are stored at different loops {sorted(svars)}"
-    )
-  vs = svars.pop() if svars else vc
+  # Producers computed at different loops of one consumer all run at the outermost of those
+  # loops (one level of tile loops): a coarser tile, the same values.
+  vc = min({k.home[2] for k in kids}, key=loops.index)  # loops are outermost first
+
+  def store_var(k: FuncPlan) -> str:
+    """Where a child is stored here: a store level inside the tile, or at a nested consumer
+    (whose loops are not executed: it is computed per tile of ``c``), is the tile itself."""
+    s = k.func.sched.store
+    if not s:
+      return vc
+    if s[0] == "root":
+      return "<root>"
+    if s[1] is not c or loops.index(s[2]) > loops.index(vc):
+      return vc
+    return s[2]
+
+  # One store level per tile loop nest: the outermost one asked for (a larger window over
+  # more steps; steps whose regions do not slide recompute their window).
+  svars = {store_var(k) for k in kids} - {vc}
+  vs = "<root>" if "<root>" in svars else min(svars, key=loops.index, default=vc)
   st = c.definitions[0].schedule
-  loops = st.loops
   inner_set = loops[: loops.index(vc) + 1]
   outer_set = [] if vs == "<root>" else loops[: loops.index(vs) + 1]
-  if vs != "<root>" and loops.index(vs) > loops.index(vc):
-    raise ValueError(
-      f"store_at var {vs!r} must be at or outside compute_at var {vc!r} "
-      f"in Func {c.name}'s loops {loops}"
-    )
   ndim = c.ndim
   region = [fp.region[k] for k in range(ndim)]
   n_ext, steps, cur = _var_graph(st, {v.name: region[k][1] for k, v in enumerate(c.args)})
@@ -938,8 +929,7 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
       lo[d] = np.full((a_n, b_n), glo[d], np.int64)
       hi[d] = np.full((a_n, b_n), ghi[d], np.int64)
     greg[id(kp.func)] = ([x.astype(np.float64) for x in lo], [x.astype(np.float64) for x in hi])
-    store = kp.func.sched.store
-    stored_outer = bool(store) and (store[0] == "root" or store[2] != vc) and b_n > 1
+    stored_outer = store_var(kp) != vc and b_n > 1
     children.append(_child_plan(kp, lo, hi, glo, ghi, stored_outer, a_n, b_n))
   children.reverse()
   return TilePlan(
