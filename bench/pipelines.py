@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.pipelines import apps
+from jaxsched.tuning.measure import retain_freed_memory
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -104,30 +105,6 @@ def timeit(fn: Callable[[], object], reps: int) -> float:
 # after a parallel job, and would otherwise steal a core from whichever candidate runs next
 # (seen: jaxsched's blur at 5.8 ms median right after OpenCV, 2.3 ms with the pause).
 SETTLE_S = 0.02
-
-
-def retain_freed_memory(*, one_arena: bool = False) -> None:
-  """glibc: keep freed memory in the heap instead of returning it to the OS (what
-  ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do), for this whole process.
-
-  XLA allocates its outputs on every call, and Halide its intermediate buffers; with glibc's
-  defaults every 16 MB buffer is fresh zero-filled pages, and page faults in this VM cost
-  2-10 ms a call, swamping the kernels being compared (blur: 12 ms vs 2.5 ms).
-
-  ``one_arena``: every thread allocates from the main arena (``M_ARENA_MAX=1``). Worker-thread
-  arenas are mmapped heaps of at most 64 MB, so larger blocks they serve are mmapped and given
-  back on free whatever the thresholds say. Off by default: it cured XLA's page faults (see
-  ``main``) but slowed Halide's camera pipe (manual schedule, 3 processes each: 8.4-11.4 ms
-  with per-thread arenas, 13.3-15.9 ms with one; its workers malloc concurrently).
-  """
-  import ctypes
-
-  libc = ctypes.CDLL("libc.so.6")
-  m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-  if one_arena:
-    libc.mallopt(m_arena_max, 1)
-  libc.mallopt(m_mmap_threshold, 1 << 30)
-  libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def interleaved(

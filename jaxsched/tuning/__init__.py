@@ -21,6 +21,7 @@ _EXPORTS = {
   # measure
   "MeasureResult": "measure",
   "Measurer": "measure",
+  "retain_freed_memory": "measure",
   # cost models
   "COST_MODELS": "cost_models",
   "BootstrapEnsemble": "cost_models",

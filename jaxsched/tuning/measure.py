@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["MeasureResult", "Measurer", "run_candidate"]
+__all__ = ["MeasureResult", "Measurer", "retain_freed_memory", "run_candidate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +88,46 @@ def _sync_dispatch() -> None:
   jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
+def retain_freed_memory(*, one_arena: bool = False) -> bool:
+  """glibc: keep freed memory in this process's heap instead of returning it to the OS (what
+  ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do). Returns whether it applied (not
+  on other C libraries).
+
+  XLA allocates its outputs on every call; with glibc's defaults every buffer above 32 MB (the
+  dynamic mmap threshold's cap) is fresh zero-filled pages, and page faults in a VM cost 2-10
+  ms a call, swamping the kernel being timed (a 2048^2 blur: 12 ms vs 2.5 ms), more in some
+  processes than in others.
+
+  ``one_arena``: every thread allocates from the main arena (``M_ARENA_MAX=1``). Worker-thread
+  arenas are mmapped heaps of at most 64 MB, so larger blocks they serve are mmapped and given
+  back on free whatever the thresholds say; but a single arena slows programs whose threads
+  allocate concurrently (Halide's camera pipe: 8.4-11.4 vs 13.3-15.9 ms).
+  """
+  import ctypes  # noqa: PLC0415
+
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+  ok = True
+  if one_arena:
+    ok &= bool(mallopt(m_arena_max, 1))
+  ok &= bool(mallopt(m_mmap_threshold, 1 << 30))
+  ok &= bool(mallopt(m_trim_threshold, 2**31 - 1))
+  return ok
+
+
 def _worker_main(
-  conn: Any, measure_fn: Any, opts: dict[str, Any], sync_dispatch: bool = False
+  conn: Any,
+  measure_fn: Any,
+  opts: dict[str, Any],
+  sync_dispatch: bool = False,
+  retain_memory: bool = False,
 ) -> None:
+  if retain_memory:
+    retain_freed_memory()
   if sync_dispatch:
     _sync_dispatch()
   conn.send(("ready", None))
@@ -129,6 +166,11 @@ class Measurer:
       measured it (docs/pipelines.md). Only for ``isolate=True`` (the caller's own process is
       left alone); it imports jax in the worker, so pass False for measure functions without
       jax.
+    retain_memory: workers keep freed memory in their heap (:func:`retain_freed_memory`,
+      glibc only), so a candidate's output buffers are not fresh pages on every call: the
+      conditions ``bench/pipelines.py`` compares schedules under. Without it, page faults
+      made the times of two measurements of the same 2048^2 schedules disagree in rank
+      (docs/tuning.md). Only for ``isolate=True``.
   """
 
   def __init__(
@@ -142,6 +184,7 @@ class Measurer:
     min_time: float = 0.0,
     startup_timeout: float = 120.0,
     sync_dispatch: bool = True,
+    retain_memory: bool = True,
   ):
     if repeats < 1 or warmup < 0:
       raise ValueError(f"{repeats=} must be >= 1 and {warmup=} >= 0")
@@ -153,6 +196,7 @@ class Measurer:
     self.isolate = isolate
     self.startup_timeout = float(startup_timeout)
     self.sync_dispatch = bool(sync_dispatch)
+    self.retain_memory = bool(retain_memory)
     self._proc: Any = None
     self._conn: Any = None
     self.workers_started = 0
@@ -164,7 +208,7 @@ class Measurer:
     parent, child = ctx.Pipe()
     proc = ctx.Process(
       target=_worker_main,
-      args=(child, self.measure_fn, self.opts, self.sync_dispatch),
+      args=(child, self.measure_fn, self.opts, self.sync_dispatch, self.retain_memory),
       daemon=True,
     )
     try:

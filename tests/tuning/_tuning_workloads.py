@@ -36,6 +36,24 @@ def dispatch_flag(config):
   return lambda: jnp.ones(4) + 1
 
 
+def freed_memory_kept(config):
+  """Fails unless a freed 256 MB block stays in this process (its resident size) exactly when
+  ``config["want"]``: glibc gives an mmapped block back on free, a heap block it keeps."""
+  import numpy as np
+
+  def rss():
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+  a = np.ones(1 << 25)  # 256 MB, every page touched
+  before = rss()
+  del a
+  kept = before - rss() < (1 << 27)
+  if kept != config["want"]:
+    raise ValueError(f"freed memory kept={kept}, wanted {config['want']}")
+  return lambda: None
+
+
 def blocked_matmul(config):
   """``A @ B`` as a ``lax.map`` over row blocks of ``block_m`` and a scan over ``block_k`` chunks.
 

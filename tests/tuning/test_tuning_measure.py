@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from _tuning_workloads import dispatch_flag, misbehaving
+from _tuning_workloads import dispatch_flag, freed_memory_kept, misbehaving
 
 from jaxsched.tuning import Measurer
 from jaxsched.tuning.measure import run_candidate
@@ -56,6 +56,17 @@ def test_workers_dispatch_synchronously_unless_told_otherwise():
   assert [r.ok for r in sync] == [True, False] and default[0].ok, (sync, default)
   assert "jax_cpu_enable_async_dispatch=False, wanted True" in sync[1].error
   assert jax.config.values["jax_cpu_enable_async_dispatch"] == before
+
+
+def test_workers_keep_freed_memory_unless_told_otherwise():
+  """Workers keep freed buffers in their heap by default (a candidate's outputs are not fresh
+  pages on every call); the option restores glibc's default of unmapping large blocks."""
+  with Measurer(freed_memory_kept, repeats=1, sync_dispatch=False) as m:
+    kept = m.measure([{"want": True}, {"want": False}])
+  with Measurer(freed_memory_kept, repeats=1, sync_dispatch=False, retain_memory=False) as m:
+    default = m.measure([{"want": False}])
+  assert [r.ok for r in kept] == [True, False] and default[0].ok, (kept, default)
+  assert "freed memory kept=True, wanted False" in kept[1].error
 
 
 def test_in_process_mode_and_bad_arguments():
