@@ -13,9 +13,12 @@ What it measures (all on this machine, CPU):
 3. Transfer: the same for a new member of the family, with the model pre-trained on records of
    three related members from the database, vs without.
 4. Optionally (``--real``) a real tune of a small blocked matmul in a worker process.
+5. With ``--pipelines``, the XLA schedules of real apps instead: every valid schedule measured
+   (or read from ``--cache``: ``bench/data/tuning_tables.json`` holds the 2048^2 tables the
+   docs report), then each method replayed on those timings (docs/tuning.md, "Benchmark").
 
 Usage: ``python -m bench.tuning [--seeds 3] [--trials 200] [--plot curves.png] [--real]
-[--descriptor]``
+[--descriptor] [--pipelines --cache bench/data/tuning_tables.json]``
 """
 
 from __future__ import annotations
