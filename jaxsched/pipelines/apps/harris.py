@@ -130,10 +130,12 @@ APP = App(
       "sliding": sliding,
     }
   },
-  # 2048^2 f32 on the shared 2-core CPU (load ~4), medians of 15 interleaved rounds: inline
-  # ~10-20 ms (1.4-1.7x Halide's best), root/root_all ~30 ms, sliding ~36 ms, tiled 48-63 ms;
-  # plain jnp ~72 ms. XLA fuses the whole inline nest into one loop over interior slices
-  # (recomputing the gradients 9x, ~200 flops a pixel), which still beats materialising them.
-  default={"xla": "inline"},
+  # 2048^2 f32, bench/pipelines.py (heap kept, synchronous dispatch), medians of interleaved
+  # rounds: root 6.00 vs inline 6.52 ms (2026-11-25 stop 17; stop 16: root best at 4.94 ms),
+  # and in two measurements of every schedule in tuner workers root 4.01 / 3.73 ms vs inline
+  # 5.00 / 4.99 ms (bench/data/tuning_tables.json). Inline recomputes the gradients at 9 taps
+  # (~200 flops a pixel); materialised once, they cost a 2 x 16 MB round trip. Tiles and strips
+  # run their loop on one core (11-65 ms).
+  default={"xla": "root"},
   description="Harris corner response (grayscale, repeat_edge boundary)",
 )
