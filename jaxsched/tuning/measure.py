@@ -93,10 +93,10 @@ def retain_freed_memory(*, one_arena: bool = False) -> bool:
   ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do). Returns whether it applied (not
   on other C libraries).
 
-  XLA allocates its outputs on every call; with glibc's defaults every buffer above 32 MB (the
-  dynamic mmap threshold's cap) is fresh zero-filled pages, and page faults in a VM cost 2-10
-  ms a call, swamping the kernel being timed (a 2048^2 blur: 12 ms vs 2.5 ms), more in some
-  processes than in others.
+  XLA allocates its outputs on every call; with glibc's defaults a buffer above the mmap
+  threshold (128 KB at first, rising with use to at most 32 MB) is fresh zero-filled pages on
+  every call, and page faults in a VM cost 2-10 ms a call, swamping the kernel being timed (a
+  2048^2 blur: 12 ms vs 2.5 ms), more in some processes than in others.
 
   ``one_arena``: every thread allocates from the main arena (``M_ARENA_MAX=1``). Worker-thread
   arenas are mmapped heaps of at most 64 MB, so larger blocks they serve are mmapped and given
