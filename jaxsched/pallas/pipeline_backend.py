@@ -12,7 +12,8 @@ How the schedule maps (details and measurements in docs/pallas_backend.md):
   are the block shape and its outer tile loops the grid, in loop order; ``parallel`` outer loops
   are ``"parallel"`` grid dims on TPU, every other loop ``"arbitrary"`` (sequential). Unsplit
   dims: the last two are whole in the block, leading dims step with block 1 (one grid axis
-  each); a Func with no split at all gets a default block. ``vectorize``/``unroll`` (and their
+  each); a Func with no split at all gets a default block. Two loops over blocks fused
+  (``tile(...).fuse(xo, yo, t)``) are one grid axis. ``vectorize``/``unroll`` (and their
   splits), ``reorder`` of inner vars and ``store_at`` are hints: the compilers vectorise the
   block themselves.
 * ``compute_at(out, v)`` producers are computed inside ``out``'s kernel over the block plus its
@@ -638,7 +639,9 @@ class _Kernel:
   reads: dict[int, dict[int, _Read]]  # id(expr value) -> id(call node) -> read
   tile: dict[str, int]  # loop var -> factor, as scheduled (for messages)
   block: tuple[int, ...]  # effective block shape (after padding rules)
-  grid: list[tuple[int, int, str]]  # (array dim, steps, "parallel" | "arbitrary"), outermost 1st
+  # (array dim, steps, "parallel" | "arbitrary"), outermost first; a fused axis has
+  # ((outer dim, steps), (inner dim, steps)) for its dim (_block_ids).
+  grid: list[tuple[Any, int, str]]
   default_tile: bool
   lut_range: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # table region
   # TPU carried sliding window: (child func, array dim, grid axis) or None; slide_note says why not.
@@ -715,11 +718,6 @@ def _schedule_blocks(fp: L.FuncPlan, kind: str, dtypes, small: bool = False) -> 
   st = f.definitions[0].schedule
   names = [v.name for v in f.args]
   exts = [e for _, e in fp.region]
-  if st.fuses:
-    raise NotImplementedError(
-      f"Func {f.name}: fuse {st.fuses} is not supported by the pallas backend (the grid has "
-      "one axis per tiled dim); drop the fuse"
-    )
   # Unsplit dims: the last two are whole in the block; leading dims step one at a time (a whole
   # 4-D grid in one block would not fit registers or VMEM).
   req: list[int | None] = [1] * max(0, len(names) - 2) + [None] * min(2, len(names))
@@ -744,20 +742,62 @@ def _schedule_blocks(fp: L.FuncPlan, kind: str, dtypes, small: bool = False) -> 
   steps = [-(-e // b) for e, b in zip(exts, block, strict=True)]
   if default:
     grid = [(d, steps[d], "arbitrary") for d in range(len(names)) if steps[d] > 1]
-  else:
-    # Grid axes in loop order: the outer loop of each split dim, and unsplit dims that still
-    # take several blocks (leading dims, or a block shrunk to the padded extent).
-    grid = []
-    for n in st.loops:
-      if n in outer:
-        d = outer[n]
-      elif n in names and names.index(n) not in outer.values():
-        d = names.index(n)
-      else:
-        continue
-      if steps[d] > 1 and all(d != g for g, _, _ in grid):
-        grid.append((d, steps[d], "parallel" if st.kind(n) == "parallel" else "arbitrary"))
+    return tile, block, grid, default
+
+  def grid_dim(n: str) -> int | None:
+    """The array dim whose blocks loop ``n`` steps through, or None (a loop inside the block)."""
+    if n in outer:
+      return outer[n]
+    if n in names and names.index(n) not in outer.values():
+      return names.index(n)
+    return None
+
+  # Fused loops of two grid loops are one grid axis (Halide's parallel tiles:
+  # tile(...).fuse(xo, yo, t)); fuses of loops inside the block only order its work.
+  fused: dict[str, tuple[int, int]] = {}  # fused var -> (outer dim, inner dim)
+  for i, o, fu in st.fuses:
+    di, do = grid_dim(i), grid_dim(o)
+    if di is None and do is None and i not in fused and o not in fused:
+      continue
+    if di is None or do is None:
+      raise NotImplementedError(
+        f"Func {f.name}: fuse({i!r}, {o!r}) joins a loop over blocks with a loop inside the "
+        "block (or a fused loop); the pallas backend fuses two loops over blocks into one grid "
+        "axis only"
+      )
+    fused[fu] = (do, di)
+  # Grid axes in loop order: the outer loop of each split dim, and unsplit dims that still
+  # take several blocks (leading dims, or a block shrunk to the padded extent); a fused pair
+  # is one axis over both dims' blocks, ((outer dim, steps), (inner dim, steps)).
+  grid = []
+  seen: set[int] = set()
+  for n in st.loops:
+    sem = "parallel" if st.kind(n) == "parallel" else "arbitrary"
+    if n in fused:
+      do, di = fused[n]
+      seen |= {do, di}
+      grid.append((((do, steps[do]), (di, steps[di])), steps[do] * steps[di], sem))
+      continue
+    d = grid_dim(n)
+    if d is not None and steps[d] > 1 and d not in seen:
+      seen.add(d)
+      grid.append((d, steps[d], sem))
   return tile, block, grid, default
+
+
+def _block_ids(grid: list, ids: Sequence[Any], nd: int) -> list[Any]:
+  """Each array dim's block index from the grid's program ids (a fused axis ``t`` over
+  ``(outer, no), (inner, ni)`` is ``outer = t // ni``, ``inner = t % ni``); 0 off the grid."""
+  out: list[Any] = [0] * nd
+  for (d, _, _), g in zip(grid, ids, strict=True):
+    if isinstance(d, tuple):
+      (do, _), (di, ni) = d
+      # lax.div/rem, not // and % (whose sign fix-up Mosaic lowers only with a TPU attached);
+      # program ids are >= 0, so truncating division is floor division.
+      out[do], out[di] = lax.div(g, ni), lax.rem(g, ni)
+    else:
+      out[d] = g
+  return out
 
 
 def _buffer_bounds(p: L.Plan, image_shapes) -> dict[int, list[tuple[int, int]]]:
@@ -1384,8 +1424,8 @@ def _kernel_body(*refs, k: _Kernel, lay: _Layout, kind: str, order: list, grid_d
   by_id = {key: r for (key, _), r in zip(order, ins, strict=True)}
   fr = k.fp.region
   block0 = [fr[d][0] for d in range(len(fr))]
-  for axis, (d, _, _) in enumerate(grid_dims):
-    block0[d] = block0[d] + pl.program_id(axis) * k.block[d]
+  ids = _block_ids(grid_dims, [pl.program_id(a) for a in range(len(grid_dims))], len(fr))
+  block0 = [b + i * n for b, i, n in zip(block0, ids, k.block, strict=True)]
   windows = {}
   carry = {}
   if kind == "tpu" and k.slide is not None:
@@ -1598,10 +1638,9 @@ def _run_kernel(k: _Kernel, bufs: dict, params: dict, kind: str, interpret, num_
     dt = g.dtype if g.dtype.itemsize >= 4 else (jnp.float32 if g.dtype.kind == "f" else jnp.int32)
     scratch.append(pltpu.VMEM(lay.domain, dt))
   grid_dims = k.grid
-  gpos = {d: a for a, (d, _, _) in enumerate(grid_dims)}
 
   def index_map(*g):
-    return tuple(g[gpos[d]] if d in gpos else 0 for d in range(nd))
+    return tuple(_block_ids(grid_dims, g, nd))
 
   out_shape = jax.ShapeDtypeStruct(
     tuple(s * b for s, b in zip(steps, k.block, strict=True)), f.dtype
@@ -2177,8 +2216,13 @@ def _report(lows, kind: str) -> PallasReport:
       continue
     kids = [kp.func.name for kp, _ in k.children]
     # Dimension semantics exist on TPU only (Triton runs every program in parallel).
+    args = k.fp.func.args
     grid = [
-      (k.fp.func.args[d].name, n, s) if kind == "tpu" else (k.fp.func.args[d].name, n)
+      (
+        "*".join(args[e].name for e, _ in d) if isinstance(d, tuple) else args[d].name,
+        n,
+        *((s,) if kind == "tpu" else ()),
+      )
       for d, n, s in k.grid
     ]
     tile = ("default " if k.default_tile else "") + f"tile {k.tile}"

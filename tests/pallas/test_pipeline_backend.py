@@ -1016,3 +1016,52 @@ def test_gpu_row_slide_only_where_it_saves_producer_rows():
   got = np.asarray(Pipeline(out).compile("pallas", target="gpu", interpret=True)(a))
   q = np.pad(a.astype(np.float64), 1, mode="edge") * 2.0
   np.testing.assert_allclose(got, q[:-2, :-2] + q[2:, 2:], rtol=1e-6)
+
+
+# Halide's parallel tiles: tile(...).fuse(xo, yo, t).parallel(t) is one grid axis over the blocks
+# of both dims (block indices t // nx, t % nx).
+
+
+def _fused_tiles(ty, tx):
+  def sched(g):
+    v = g.vars
+    t = ir.Var("t")
+    by = g.funcs["blur_y"]
+    by.tile(v["x"], v["y"], v["xo"], v["yo"], v["xi"], v["yi"], tx, ty)
+    by.fuse(v["xo"], v["yo"], t).parallel(t)
+    g.funcs["blur_x"].compute_at(by, t)
+
+  return sched
+
+
+@pytest.mark.parametrize("kind,ty,tx,shape", [("gpu", 8, 16, (21, 45)), ("tpu", 8, 128, (19, 300))])
+def test_fused_tile_loops_are_one_grid_axis(kind, ty, tx, shape):
+  a = _image(shape, seed=23)
+  g = _blur_graph(_fused_tiles(ty, tx))
+  out = np.asarray(g.compile("pallas", target=kind, interpret=True)(a))
+  np.testing.assert_allclose(out, _blur_np(a), rtol=1e-5, atol=1e-6)
+  rep = str(pb.describe(g.pipeline, shape, target=kind).funcs[-1])
+  ny, nx = -(-shape[0] // ty), -(-shape[1] // tx)
+  axis = ("y*x", ny * nx, "parallel") if kind == "tpu" else ("y*x", ny * nx)
+  assert f"grid [{axis}]" in rep, rep
+
+
+def test_fusing_a_block_loop_with_one_inside_the_block_is_refused():
+  g = _blur_graph(lambda g: None)
+  v = g.vars
+  by = g.funcs["blur_y"]
+  by.tile(v["x"], v["y"], v["xo"], v["yo"], v["xi"], v["yi"], 16, 8).fuse(v["xi"], v["yo"], "t")
+  with pytest.raises(NotImplementedError, match=r"fuse\('xi', 'yo'\) joins a loop over blocks"):
+    g.compile("pallas", target="gpu", interpret=True)(_image((16, 32)))
+
+
+@pytest.mark.parametrize("tgt", ["h100", "tpu-v5e"])
+def test_fused_tile_loops_compile_deviceless(tgt):
+  if tgt not in targets.available_targets():
+    pytest.skip(f"compiler plugin for {tgt} not installed")
+  kind = targets.get_target(tgt).kind
+  g = _blur_graph(_fused_tiles(8, 128 if kind == "tpu" else 32))
+  fn = g.compile("pallas", target=kind)
+  spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
+  text = targets.compile_for(lambda a: fn(a), spec, target=tgt).as_text()
+  assert ("triton" in text.lower()) if kind == "gpu" else ("tpu_custom_call" in text)
