@@ -723,17 +723,23 @@ def _schedule_blocks(fp: L.FuncPlan, kind: str, dtypes, small: bool = False) -> 
   req: list[int | None] = [1] * max(0, len(names) - 2) + [None] * min(2, len(names))
   outer: dict[str, int] = {}
   tile: dict[str, int] = {}
+  inside: set[str] = set()  # loops inside the block
   for old, o, i, fac in st.splits:
     if st.kind(i) in ("vectorized", "unrolled"):
       continue  # a hint: the compilers vectorise the block
+    if old in inside:  # a second tiling level inside the block orders its work: a hint
+      inside |= {o, i}
+      continue
     if old not in names or names.index(old) in outer.values():
       raise NotImplementedError(
-        f"Func {f.name}: nested split of {old!r} (-> {o!r}, {i!r}) is not supported by the "
-        "pallas backend; split each dim once"
+        f"Func {f.name}: split of the loop over blocks {old!r} (-> {o!r}, {i!r}) is not "
+        "supported by the pallas backend (the grid has one axis per tiled dim); split the "
+        "inner loop instead"
       )
     req[names.index(old)] = fac
     outer[o] = names.index(old)
     tile[i] = fac
+    inside.add(i)
   default = not outer
   if default:
     req = _default_block(kind, exts, small)
@@ -915,7 +921,7 @@ def _plan_slide(k: _Kernel, kind: str) -> None:
   comp = g.sched.compute
   st = fp.func.definitions[0].schedule
   names = [v.name for v in fp.func.args]
-  outer = {o: names.index(old) for old, o, _, _ in st.splits}
+  outer = {o: names.index(old) for old, o, _, _ in st.splits if old in names}
   vc = comp[2] if comp and comp[0] == "at" else None
   if vc not in outer:
     k.slide_note = (
@@ -961,11 +967,11 @@ def _slid_dim(fp: L.FuncPlan, g: ir.Func) -> tuple[int | None, str | None]:
   comp = g.sched.compute
   vc = comp[2] if comp and comp[0] == "at" else None
   names = [v.name for v in fp.func.args]
-  st = fp.func.definitions[0].schedule
-  for old, o, i, _ in st.splits:
-    if vc in (o, i) and old in names:
-      return names.index(old), vc
-  return (names.index(vc) if vc in names else None), vc
+  dim = {n: d for d, n in enumerate(names)}
+  for old, o, i, _ in fp.func.definitions[0].schedule.splits:  # nested splits included
+    if old in dim:
+      dim[o] = dim[i] = dim[old]
+  return dim.get(vc), vc
 
 
 def _plan_row_slide(k: _Kernel, g: ir.Func) -> None:

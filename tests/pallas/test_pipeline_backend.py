@@ -1065,3 +1065,39 @@ def test_fused_tile_loops_compile_deviceless(tgt):
   spec = jax.ShapeDtypeStruct((64, 256), g.pipeline.images[0].dtype)
   text = targets.compile_for(lambda a: fn(a), spec, target=tgt).as_text()
   assert ("triton" in text.lower()) if kind == "gpu" else ("tpu_custom_call" in text)
+
+
+def _two_levels(slide):
+  def sched(g):
+    v = g.vars
+    yio, yii = ir.Var("yio"), ir.Var("yii")
+    by, bx = g.funcs["blur_y"], g.funcs["blur_x"]
+    by.split(v["y"], v["yo"], v["yi"], 16).split(v["yi"], yio, yii, 8)
+    if slide:
+      bx.store_at(by, v["yo"])
+    bx.compute_at(by, yio)
+
+  return sched
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+@pytest.mark.parametrize("slide", [False, True])
+def test_second_tiling_level_inside_the_block_is_a_hint(kind, slide):
+  """``split(y, yo, yi, 16).split(yi, yio, yii, 8)``: the block is the first level's 16 rows;
+  producers computed (or slid) at ``yio`` are computed per block, as at any loop inside it."""
+  a = _image((37, 20), seed=24)
+  g = _blur_graph(_two_levels(slide))
+  out = np.asarray(g.compile("pallas", target=kind, interpret=True)(a))
+  np.testing.assert_allclose(out, _blur_np(a), rtol=1e-5, atol=1e-6)
+  rep = str(pb.describe(g.pipeline, (37, 20), target=kind).funcs[-1])
+  assert "block (16," in rep and "computes ['blur_x'] per block + halo" in rep, rep
+
+
+def test_splitting_the_loop_over_blocks_is_refused():
+  g = _blur_graph(lambda g: None)
+  v = g.vars
+  yoo, yoi = ir.Var("yoo"), ir.Var("yoi")
+  g.funcs["blur_y"].split(v["y"], v["yo"], v["yi"], 8).split(v["yo"], yoo, yoi, 2)
+  g.funcs["blur_x"].compute_at(g.funcs["blur_y"], yoi)
+  with pytest.raises(NotImplementedError, match=r"split of the loop over blocks 'yo'"):
+    g.compile("pallas", target="gpu", interpret=True)(_image((32, 16)))
