@@ -847,7 +847,8 @@ def _tile_box(ext, steps, cur, fixed: dict[str, np.ndarray], ndim: int):
 def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
   c = fp.func
   kids = consumers_of_at(fp, order)
-  loops = c.definitions[0].schedule.loops
+  st = c.definitions[0].schedule
+  loops = st.loops
   # Producers computed at different loops of one consumer all run at the outermost of those
   # loops (one level of tile loops): a coarser tile, the same values.
   vc = min({k.home[2] for k in kids}, key=loops.index)  # loops are outermost first
@@ -868,11 +869,10 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
   # more steps; steps whose regions do not slide recompute their window).
   svars = {store_var(k) for k in kids} - {vc}
   vs = "<root>" if "<root>" in svars else min(svars, key=loops.index, default=vc)
-  st = c.definitions[0].schedule
   inner_set = loops[: loops.index(vc) + 1]
   outer_set = [] if vs == "<root>" else loops[: loops.index(vs) + 1]
   ndim = c.ndim
-  region = [fp.region[k] for k in range(ndim)]
+  region = list(fp.region)
   n_ext, steps, cur = _var_graph(st, {v.name: region[k][1] for k, v in enumerate(c.args)})
 
   def count(name: str) -> int:

@@ -51,10 +51,18 @@ class Stage:
     self.index = index
     self._loops: list[str] | None = None
     self.kinds: dict[str, str] = {}
-    self.splits: list[tuple[str, str, str, int]] = []  # (old, outer, inner, factor)
-    self.fuses: list[tuple[str, str, str]] = []  # (inner, outer, fused)
     # Splits and fuses in the order applied (a fuse of split vars, a split of a fused var).
     self.transforms: list[tuple] = []  # ("split", old, o, i, f) | ("fuse", inner, outer, fused)
+
+  @property
+  def splits(self) -> list[tuple[str, str, str, int]]:
+    """``(old, outer, inner, factor)`` of each split, in order."""
+    return [t[1:] for t in self.transforms if t[0] == "split"]
+
+  @property
+  def fuses(self) -> list[tuple[str, str, str]]:
+    """``(inner, outer, fused)`` of each fuse, in order."""
+    return [t[1:] for t in self.transforms if t[0] == "fuse"]
 
   @property
   def loops(self) -> list[str]:
@@ -90,7 +98,6 @@ class Stage:
       raise ValueError(f"split of Func {self.func.name}: outer and inner are both named {o!r}")
     k = self.loops.index(name)
     self.loops[k : k + 1] = [o, i]
-    self.splits.append((name, o, i, f))
     self.transforms.append(("split", name, o, i, f))
     return self
 
@@ -129,7 +136,6 @@ class Stage:
     self.loops.remove(i)
     self.loops.remove(o)
     self.loops.insert(k, f)
-    self.fuses.append((i, o, f))
     self.transforms.append(("fuse", i, o, f))
     return self
 
