@@ -279,6 +279,43 @@ def test_parity_selects_and_mixed_strides_match_numpy(polyphase, monkeypatch):
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_interleaved_pieces_of_unrolled_and_nested_parity_dims_match_numpy():
+  """An unrolled channel dim and parity selects on y and x (the camera pipe's output shape:
+  pieces concatenated in an interleaved view, xla._assemble) with odd extents, and a select on
+  ``(x // 2) % 2`` inside the even phase of ``x % 2``. Integer values, so exact."""
+  img = pl.ImageParam(jnp.int32, 2, name="img")
+  c, y, x = pl.Var("c"), pl.Var("y"), pl.Var("x")
+  e = pl.boundary.repeat_edge(img)
+  simple, nested = pl.Func("simple"), pl.Func("nested")
+  simple[c, y, x] = pl.select(
+    y % 2 == 0,
+    pl.select(x % 2 == 0, e[y // 2, x // 2] + c, e[y // 2, x // 2 + 1] * (c + 1)),
+    pl.select(x % 2 == 0, e[y, x // 2] - c, e[y // 2 + 1, x] + 7),
+  )
+  simple.unroll(c)
+  nested[y, x] = pl.select(
+    x % 2 == 0, pl.select((x // 2) % 2 == 0, e[y, x // 4] * 3, e[y, x // 2] - 5), e[y, x] + 1
+  )
+  a = _rng(5).integers(-50, 50, (9, 11)).astype(np.int32)
+  h, w = a.shape
+  cl = lambda v, n: np.clip(v, 0, n - 1)  # noqa: E731
+  at = lambda yy, xx: a[cl(yy, h), cl(xx, w)]  # noqa: E731
+  cc, yy, xx = np.meshgrid(np.arange(3), np.arange(h), np.arange(w), indexing="ij")
+  ey, ex = yy % 2 == 0, xx % 2 == 0
+  want = np.where(
+    ey,
+    np.where(ex, at(yy // 2, xx // 2) + cc, at(yy // 2, xx // 2 + 1) * (cc + 1)),
+    np.where(ex, at(yy, xx // 2) - cc, at(yy // 2 + 1, xx) + 7),
+  )
+  got = pl.Pipeline(simple).compile()(a, output_shape=(3, h, w))
+  np.testing.assert_array_equal(got, want)
+  yy, xx = yy[0], xx[0]
+  want = np.where(
+    xx % 2 == 0, np.where(xx % 4 == 0, at(yy, xx // 4) * 3, at(yy, xx // 2) - 5), at(yy, xx) + 1
+  )
+  np.testing.assert_array_equal(pl.Pipeline(nested).compile()(a), want)
+
+
 def test_root_func_is_computed_once_not_fused_into_its_consumer(monkeypatch):
   """compute_root means materialised: XLA CPU drops optimization_barrier and would otherwise
   fuse (recompute) an expensive producer into every tap of a stencil consumer."""
