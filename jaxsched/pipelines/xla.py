@@ -7,8 +7,8 @@ are fenced off behind a data-dependent ``lax.cond`` so XLA does not re-fuse (and
 them: XLA CPU drops ``optimization_barrier`` before fusion (see :func:`_materialize`). Tiled
 groups (``compute_at``) run as a ``fori_loop`` over tiles; sliding windows as a loop that
 computes only the new part of the stored producer each step. A definition that branches on
-``v % k`` (a Bayer interleave) is evaluated once per residue class of ``v`` and interleaved
-(:func:`_eval_phases`).
+``v % k`` (a Bayer interleave) is evaluated once per residue class of ``v``
+(:func:`_phase_pieces`) and the classes interleaved (:func:`_assemble`).
 """
 
 from __future__ import annotations
@@ -648,7 +648,7 @@ _PEEL_MIN_FRACTION = 0.75
 _FLAT_INDEX = True  # N-D gathers/scatters at one linear index (_Ctx.gather, _scatter)
 _SCATTER_CHUNK = 1 << 19  # update points per chunk of a large scatter (see _chunked_scatter)
 _MERGE_BLOCKS = True  # blocked reads s*v + r as one var (see _merge_blocks)
-_POLYPHASE = True  # branches on v % k evaluated per residue class (see _eval_phases)
+_POLYPHASE = True  # branches on v % k evaluated per residue class (see _phase_pieces)
 
 
 def _fill_value(dtype: np.dtype) -> Any:

@@ -245,7 +245,7 @@ def test_call_errors():
 @pytest.mark.parametrize("polyphase", [True, False])
 def test_parity_selects_and_mixed_strides_match_numpy(polyphase, monkeypatch):
   """Branches on ``x % 3`` / ``y % 2`` with ``x // 3`` reads (evaluated per residue class, see
-  xla._eval_phases) over a region that starts at an odd, negative min (the consumer reads the
+  xla._phase_pieces) over a region that starts at an odd, negative min (the consumer reads the
   producer at ``y - 3`` and ``x - 1``), with ``y * x`` terms the phase rewrite must keep."""
   from jaxsched.pipelines import xla
 
