@@ -38,10 +38,15 @@ job (XLA's, Halide's and OpenCV's pools all spin a while) do not steal a core; `
 retain`` makes glibc keep freed memory (``mallopt``, for the whole process) so that per-call
 16 MB buffers do not cost fresh page faults, which in this VM swamp the kernels (blur 12 ms vs
 2.5 ms). ``--allocator default --settle 0`` measures glibc's defaults back to back.
+``--burst N`` makes each candidate's turn N back-to-back calls and times the last: a call in a
+loop, with the candidate's own worker threads awake. XLA splits each parallel loop into one
+fixed part per core, so a call after an idle pause waits for the sleeping core to wake (harris
+4.7 ms back to back, 7.9 ms median after a 20 ms pause); Halide's work-stealing loops do not.
 
   JAX_PLATFORMS=cpu python bench/pipelines.py [--size 2048] [--reps 10] [--apps blur harris]
       [--schedules manual mullapudi2016 adams2019] [--mismatch raise|warn]
-      [--settle 0.02] [--allocator retain|retain-one-arena|default] [--async-dispatch]
+      [--settle 0.02] [--burst 1] [--allocator retain|retain-one-arena|default]
+      [--async-dispatch]
 """
 
 from __future__ import annotations
@@ -108,10 +113,14 @@ SETTLE_S = 0.02
 
 
 def interleaved(
-  fns: dict[str, Callable[[], object]], reps: int, settle: float = SETTLE_S
+  fns: dict[str, Callable[[], object]], reps: int, settle: float = SETTLE_S, burst: int = 1
 ) -> dict[str, dict[str, float]]:
   """Per candidate: median and min wall ms, median CPU ms, over ``reps`` interleaved rounds
-  (``settle`` seconds of pause before each timed call)."""
+  (``settle`` seconds of pause before each candidate's turn). With ``burst > 1`` a turn is
+  ``burst`` back-to-back calls of which the last is timed: a call in a loop, with the
+  candidate's own worker threads awake (XLA splits a parallel loop into one fixed part per
+  core, so the first call after an idle pause waits for a sleeping core to wake; Halide's
+  work-stealing loop does not)."""
   for fn in fns.values():  # warm-up (compilation) and a second call for caches
     jax.block_until_ready(fn())
     jax.block_until_ready(fn())
@@ -121,6 +130,8 @@ def interleaved(
     for k, fn in fns.items():
       if settle:
         time.sleep(settle)
+      for _ in range(burst - 1):
+        jax.block_until_ready(fn())
       t, c = time.perf_counter(), time.process_time()
       jax.block_until_ready(fn())
       wall[k].append((time.perf_counter() - t) * 1e3)
@@ -364,6 +375,7 @@ def run(
   schedules: tuple[str, ...] = HALIDE_SCHEDULES,
   mismatch: str = "raise",
   settle: float = SETTLE_S,
+  burst: int = 1,
 ) -> list[dict]:
   """Benchmarks ``names`` at ``size`` x ``size``; prints a table per app and returns the rows.
 
@@ -399,7 +411,7 @@ def run(
     if cv is not None:
       fns["opencv"] = cv
     load0 = os.getloadavg()[0]
-    stats = interleaved(fns, reps, settle)
+    stats = interleaved(fns, reps, settle, burst)
     load1 = os.getloadavg()[0]
     times = {k: v["median"] for k, v in stats.items()}
     best_js = min((k for k in times if k.startswith("jaxsched")), key=times.get)
@@ -450,6 +462,12 @@ def main() -> None:
     "--settle", type=float, default=SETTLE_S, help="seconds of pause before each timed call"
   )
   ap.add_argument(
+    "--burst",
+    type=int,
+    default=1,
+    help="back-to-back calls per candidate turn, the last one timed (1: one cold call)",
+  )
+  ap.add_argument(
     "--allocator",
     default="retain",
     choices=("retain", "retain-one-arena", "default"),
@@ -470,8 +488,15 @@ def main() -> None:
   # ran at 21-27 ms instead of 14-16 ms (2026-11-25: 3 of 6 processes; with synchronous
   # dispatch 0 of 8). Halide runs on its own threads either way.
   jax.config.update("jax_cpu_enable_async_dispatch", bool(args.async_dispatch))
-  print(f"allocator={args.allocator} settle={args.settle}s async_dispatch={args.async_dispatch}")
-  run(args.size, args.reps, args.apps, tuple(args.schedules), args.mismatch, args.settle)
+  if args.burst < 1:
+    ap.error(f"--burst {args.burst} must be >= 1")
+  print(
+    f"allocator={args.allocator} settle={args.settle}s burst={args.burst} "
+    f"async_dispatch={args.async_dispatch}"
+  )
+  run(
+    args.size, args.reps, args.apps, tuple(args.schedules), args.mismatch, args.settle, args.burst
+  )
 
 
 if __name__ == "__main__":

@@ -50,6 +50,21 @@ def test_tiny_run_checks_and_times_every_candidate(capsys):
     assert np.isfinite(row["halide_best"])
 
 
+def test_burst_times_the_last_of_back_to_back_calls():
+  calls = {"a": 0, "b": 0}
+
+  def fn(k):
+    def call():
+      calls[k] += 1
+      return np.zeros(())
+
+    return call
+
+  stats = bp.interleaved({"a": fn("a"), "b": fn("b")}, reps=3, settle=0.0, burst=4)
+  assert calls == {"a": 2 + 3 * 4, "b": 2 + 3 * 4}  # two warm-up calls, then 3 turns of 4
+  assert set(stats) == {"a", "b"} and all(v["min"] <= v["median"] for v in stats.values())
+
+
 def test_pallas_pipeline_compile_rows_count_kernels_and_calls():
   from bench import pallas_pipelines as pp
 
