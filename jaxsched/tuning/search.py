@@ -535,6 +535,7 @@ class ModelTuner(Tuner):
     self.prior_mode = prior_mode
     self._key = jax.random.key(seed)
     self._tie_rng = np.random.default_rng([seed, 1])  # apart from self.rng's random picks
+    self._explore_rng = np.random.default_rng([seed, 2])
     self._feature_cache: dict[int, Any] = {}
     self._table = _padded_feature_table(self.space)
     self.fit_seconds = 0.0
@@ -684,7 +685,10 @@ class ModelTuner(Tuner):
   def next_batch(self, batch_size: int) -> list[np.ndarray]:
     if not self.model.fitted:
       return self._space_filling(batch_size)
-    n_random = int(round(self.epsilon * batch_size))
+    # Stochastic rounding: an epsilon share of trials is random whatever the batch size (with
+    # round(), batches below 1 / (2 epsilon) points never explored).
+    want = self.epsilon * batch_size
+    n_random = int(want) + int(self._explore_rng.random() < want - int(want))
     pts, es = self._rank_all() if self.space.size <= RANK_ALL_LIMIT else self._anneal()
     idx = self.space.knobs_to_index(pts)
     _, first = np.unique(idx, return_index=True)

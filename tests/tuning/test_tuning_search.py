@@ -246,6 +246,41 @@ def test_model_batches_rank_every_valid_point_of_a_small_space():
   assert sorted(int(space.knobs_to_index(k)) for k in batch) == sorted(want)
 
 
+def test_epsilon_share_of_random_points_holds_for_batches_of_one():
+  """epsilon is the expected random share of every batch: with batches of one point (the
+  pipeline replays) a rounded share was 0, so the model's pick was never second-guessed."""
+  from jaxsched.tuning import cost_models as cm
+  from jaxsched.tuning.search import RANK_ALL_LIMIT, ModelTuner
+
+  space = SearchSpace({"a": tuple(range(20)), "b": tuple(range(20))})
+  assert space.size <= RANK_ALL_LIMIT  # the model's pick is its exact best
+
+  def cost(k):
+    return (k[0] - 13) ** 2 + (k[1] - 4) ** 2 + 1.0
+
+  class Oracle(cm.CostModel):
+    fitted = True
+
+    def fit(self, features, costs, *, groups=None):
+      return self
+
+    def predict(self, features):
+      return np.array([cost(k) for k in np.asarray(features)])
+
+  task = Task(workload_key("eps", shapes=[(1,)], dtypes=["float32"]), space, measure_fn=None)
+  for eps, lo, hi in ((0.25, 25, 75), (0.0, 0, 0)):
+    tuner = ModelTuner(task, Oracle(), seed=3, epsilon=eps, diversity=0.0)
+    asked = []
+    real = tuner._random_unvisited
+    tuner._random_unvisited = lambda n, taken=(), real=real, asked=asked: (
+      asked.append(n) or real(n, taken)
+    )
+    picks = [int(space.knobs_to_index(tuner.next_batch(1)[0])) for _ in range(200)]
+    assert lo <= sum(asked) <= hi, (eps, sum(asked))  # binomial(200, eps): mean 50, sd 6
+    best = int(space.knobs_to_index(np.array([13, 4])))
+    assert picks.count(best) >= 200 - sum(asked)  # every other pick is the model's best
+
+
 def test_model_tuner_rejects_min_fit_below_two():
   from jaxsched.tuning.search import ModelTuner
 
