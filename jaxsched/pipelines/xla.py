@@ -444,7 +444,7 @@ UNROLL_DIM_LIMIT = 16
 class _Piece(NamedTuple):
   """Part of a region's values: ``arr[i]`` is the point ``starts + steps * i`` (offsets from
   the region's origin, per dim). A pure dim evaluated one index at a time or one residue class
-  at a time yields several pieces, which :func:`_assemble` writes into one array."""
+  at a time yields several pieces, which :func:`_assemble` puts together."""
 
   starts: tuple[int, ...]
   steps: tuple[int, ...]
@@ -461,9 +461,8 @@ def _eval_region(
   windows: bool = False,
 ) -> jax.Array:
   """Evaluate the pure definition over a region (see :func:`_region_pieces`)."""
-  f = fp.func
   pieces = _region_pieces(fp, mins, exts, bufs, params, value, frozenset(), windows)
-  return _assemble(tuple(exts), np.dtype(f.dtype), pieces)
+  return _assemble(tuple(exts), pieces)
 
 
 def _region_pieces(fp, mins, exts, bufs, params, value, done: frozenset, windows: bool):
@@ -546,7 +545,7 @@ def _shift(pieces: list[_Piece], d: int, start: int, step: int) -> list[_Piece]:
   ]
 
 
-def _assemble(exts: tuple[int, ...], dtype: np.dtype, pieces: list[_Piece]) -> jax.Array:
+def _assemble(exts: tuple[int, ...], pieces: list[_Piece]) -> jax.Array:
   """The region's array from its pieces.
 
   Along a dim split into residue classes mod ``k`` the pieces interleave: the region is
@@ -602,7 +601,7 @@ def _grid(exts, pieces) -> tuple[list[int], list[int]]:
     n = -(-ext // k)
     for q in pieces:
       s, t, c = q.starts[d], q.steps[d], q.arr.shape[d]
-      ok = s < k and t == k and c <= n if k > 1 else s + c <= ext
+      ok = (s < k and t == k and c <= n) if k > 1 else (s + c <= ext)
       assert ok, f"piece {s}:{t}x{c} is not a box of the ({n}, {k}) view of dim {d}"
     ks.append(k)
     ns.append(n)
