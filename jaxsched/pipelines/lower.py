@@ -733,11 +733,6 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
             f"compute Func {f.name} at root"
           )
     if comp[0] == "at":
-      if f.updates and f.sched.store:
-        raise NotImplementedError(
-          f"compute_at: Func {f.name} has update definitions and is stored elsewhere "
-          f"(store_at); drop the store_at or compute it at root"
-        )
       others = [
         c.func.name
         for c in consumers[id(f)]
@@ -855,9 +850,11 @@ def _tile_plan(fp: FuncPlan, order, fplans, consumers, regions) -> TilePlan:
 
   def store_var(k: FuncPlan) -> str:
     """Where a child is stored here: a store level inside the tile, or at a nested consumer
-    (whose loops are not executed: it is computed per tile of ``c``), is the tile itself."""
+    (whose loops are not executed: it is computed per tile of ``c``), is the tile itself. So is
+    any store level of a Func with update definitions: a sliding window carries the pure
+    values only, so such a Func is computed whole per step (store_at is a hint for it)."""
     s = k.func.sched.store
-    if not s:
+    if not s or k.func.updates:
       return vc
     if s[0] == "root":
       return "<root>"

@@ -688,6 +688,28 @@ def test_store_levels_mixed_across_producers():
   assert realized == [(0, "out"), (2, "q"), (4, "p")], realized
 
 
+@pytest.mark.parametrize("backend", ["xla", "pallas-tpu"])
+def test_store_at_of_a_func_with_updates_is_a_hint(backend):
+  """A sliding window carries pure values only, so ``g.store_at(out, yo).compute_at(out, yi)``
+  for a ``g`` with an update computes ``g`` whole per step of ``yi``: numpy's result, with
+  ``g``'s Compute inside both loops (a slide would compute it once per ``yo``)."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  yo, yi = _loops("yo", "yi")
+  c = pl.boundary.repeat_edge(img)
+  g, out = pl.Func("g"), pl.Func("out")
+  g[y, x] = c[y, x] * 3.0
+  g[y, x] = g[y, x] * 2.0 - c[y, x]
+  out[y, x] = g[y - 1, x] + g[y + 1, x] * 0.5
+  out.split(y, yo, yi, 8)
+  g.store_at(out, yo).compute_at(out, yi)
+  data = np.random.default_rng(21).random((37, 20), dtype=np.float32)
+  gg = np.pad(data.astype(np.float64), ((1, 1), (0, 0)), mode="edge") * 5.0
+  np.testing.assert_allclose(_run(out, backend, data), gg[:-2] + gg[2:] * 0.5, rtol=1e-5, atol=1e-5)
+  nest = pl.Pipeline(out).lower((37, 20))
+  assert [[v for v, _ in loops] for loops, _ in _tiles(nest, "g")] == [["yo", "yi"]]
+
+
 def test_store_at_a_nested_consumer_is_a_tile_of_the_outer_one():
   """``a.store_at(b, y).compute_at(b, y)`` with ``b`` computed per tile of ``out``: ``b``'s
   loops are not executed (it is computed per tile), so ``a`` is too: numpy's result."""
