@@ -720,7 +720,7 @@ def _validate_levels(order, fplans, consumers, outputs) -> None:
         gp = fplans[id(g)]
         upd = [e for st in gp.stages[1:] for e in _stage_exprs(st)]
         reads = any(t is f for t in B.calls_of(upd))
-        if what == "store_at" or gp.level != "root" or reads:
+        if gp.level != "root" or reads:
           why = (
             f"whose update definitions read Func {f.name}"
             if reads

@@ -710,6 +710,27 @@ def test_store_at_of_a_func_with_updates_is_a_hint(backend):
   assert [[v for v, _ in loops] for loops, _ in _tiles(nest, "g")] == [["yo", "yi"]]
 
 
+def test_sliding_window_into_a_root_consumer_with_updates():
+  """``f.store_at(g, yo).compute_at(g, yi)`` where only ``g``'s pure definition reads ``f``:
+  ``f`` slides over ``g``'s pure loops (one new row a step), then ``g``'s update runs over the
+  whole region. numpy's result."""
+  img = pl.ImageParam(jnp.float32, 2, name="img")
+  y, x = pl.Var("y"), pl.Var("x")
+  yo, yi = _loops("yo", "yi")
+  c = pl.boundary.repeat_edge(img)
+  f, g = pl.Func("f"), pl.Func("g")
+  f[y, x] = c[y, x] * 3.0
+  g[y, x] = f[y - 1, x] + f[y + 1, x]
+  g[y, x] = g[y, x] * 2.0 + c[y, x]
+  g.split(y, yo, yi, 8)
+  f.store_at(g, yo).compute_at(g, yi)
+  data = np.random.default_rng(22).random((37, 20), dtype=np.float32)
+  ff = np.pad(data.astype(np.float64), ((1, 1), (0, 0)), mode="edge") * 3.0
+  want = (ff[:-2] + ff[2:]) * 2.0 + data
+  np.testing.assert_allclose(_run(g, "xla", data), want, rtol=1e-5, atol=1e-5)
+  assert _tiles(pl.Pipeline(g).lower((37, 20)), "f") == [([("yo", 5), ("yi", 8)], (1, 20))]
+
+
 def test_store_at_a_nested_consumer_is_a_tile_of_the_outer_one():
   """``a.store_at(b, y).compute_at(b, y)`` with ``b`` computed per tile of ``out``: ``b``'s
   loops are not executed (it is computed per tile), so ``a`` is too: numpy's result."""
