@@ -459,7 +459,7 @@ def main() -> None:
   )
   ap.add_argument("--mismatch", default="raise", choices=("raise", "warn"))
   ap.add_argument(
-    "--settle", type=float, default=SETTLE_S, help="seconds of pause before each timed call"
+    "--settle", type=float, default=SETTLE_S, help="seconds of pause before each candidate's turn"
   )
   ap.add_argument(
     "--burst",
