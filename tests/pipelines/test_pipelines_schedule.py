@@ -688,47 +688,39 @@ def test_store_levels_mixed_across_producers():
   assert realized == [(0, "out"), (2, "q"), (4, "p")], realized
 
 
-@pytest.mark.parametrize("backend", ["xla", "pallas-tpu"])
-def test_store_at_of_a_func_with_updates_is_a_hint(backend):
-  """A sliding window carries pure values only, so ``g.store_at(out, yo).compute_at(out, yi)``
-  for a ``g`` with an update computes ``g`` whole per step of ``yi``: numpy's result, with
-  ``g``'s Compute inside both loops (a slide would compute it once per ``yo``)."""
+@pytest.mark.parametrize(
+  "updated, backend", [("producer", "xla"), ("producer", "pallas-tpu"), ("consumer", "xla")]
+)
+def test_store_at_with_update_definitions(updated, backend):
+  """``p.store_at(q, yo).compute_at(q, yi)`` with an update on one side. On the producer it is
+  a hint (a sliding window carries pure values only): ``p`` is computed whole per step of
+  ``yi``. On a root consumer whose pure definition alone reads ``p``, ``p`` slides (one new
+  row a step) and ``q``'s update then runs over the whole region. numpy's results."""
   img = pl.ImageParam(jnp.float32, 2, name="img")
   y, x = pl.Var("y"), pl.Var("x")
   yo, yi = _loops("yo", "yi")
   c = pl.boundary.repeat_edge(img)
-  g, out = pl.Func("g"), pl.Func("out")
-  g[y, x] = c[y, x] * 3.0
-  g[y, x] = g[y, x] * 2.0 - c[y, x]
-  out[y, x] = g[y - 1, x] + g[y + 1, x] * 0.5
-  out.split(y, yo, yi, 8)
-  g.store_at(out, yo).compute_at(out, yi)
+  p, q = pl.Func("p"), pl.Func("q")
+  p[y, x] = c[y, x] * 3.0
+  if updated == "producer":
+    p[y, x] = p[y, x] * 2.0 - c[y, x]
+  q[y, x] = p[y - 1, x] + p[y + 1, x] * 0.5
+  if updated == "consumer":
+    q[y, x] = q[y, x] * 2.0 + c[y, x]
+  q.split(y, yo, yi, 8)
+  p.store_at(q, yo).compute_at(q, yi)
   data = np.random.default_rng(21).random((37, 20), dtype=np.float32)
-  gg = np.pad(data.astype(np.float64), ((1, 1), (0, 0)), mode="edge") * 5.0
-  np.testing.assert_allclose(_run(out, backend, data), gg[:-2] + gg[2:] * 0.5, rtol=1e-5, atol=1e-5)
-  nest = pl.Pipeline(out).lower((37, 20))
-  assert [[v for v, _ in loops] for loops, _ in _tiles(nest, "g")] == [["yo", "yi"]]
-
-
-def test_sliding_window_into_a_root_consumer_with_updates():
-  """``f.store_at(g, yo).compute_at(g, yi)`` where only ``g``'s pure definition reads ``f``:
-  ``f`` slides over ``g``'s pure loops (one new row a step), then ``g``'s update runs over the
-  whole region. numpy's result."""
-  img = pl.ImageParam(jnp.float32, 2, name="img")
-  y, x = pl.Var("y"), pl.Var("x")
-  yo, yi = _loops("yo", "yi")
-  c = pl.boundary.repeat_edge(img)
-  f, g = pl.Func("f"), pl.Func("g")
-  f[y, x] = c[y, x] * 3.0
-  g[y, x] = f[y - 1, x] + f[y + 1, x]
-  g[y, x] = g[y, x] * 2.0 + c[y, x]
-  g.split(y, yo, yi, 8)
-  f.store_at(g, yo).compute_at(g, yi)
-  data = np.random.default_rng(22).random((37, 20), dtype=np.float32)
-  ff = np.pad(data.astype(np.float64), ((1, 1), (0, 0)), mode="edge") * 3.0
-  want = (ff[:-2] + ff[2:]) * 2.0 + data
-  np.testing.assert_allclose(_run(g, "xla", data), want, rtol=1e-5, atol=1e-5)
-  assert _tiles(pl.Pipeline(g).lower((37, 20)), "f") == [([("yo", 5), ("yi", 8)], (1, 20))]
+  d = np.pad(data.astype(np.float64), ((1, 1), (0, 0)), mode="edge")
+  pp = d * 5.0 if updated == "producer" else d * 3.0
+  want = pp[:-2] + pp[2:] * 0.5
+  if updated == "consumer":
+    want = want * 2.0 + data
+  np.testing.assert_allclose(_run(q, backend, data), want, rtol=1e-5, atol=1e-5)
+  tiles = _tiles(pl.Pipeline(q).lower((37, 20)), "p")
+  if updated == "producer":  # whole per step: a slide would compute it once per yo
+    assert [[v for v, _ in loops] for loops, _ in tiles] == [["yo", "yi"]]
+  else:  # slides: one new row per step of yi
+    assert tiles == [([("yo", 5), ("yi", 8)], (1, 20))]
 
 
 def test_store_at_a_nested_consumer_is_a_tile_of_the_outer_one():
